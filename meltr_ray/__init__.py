@@ -1,0 +1,39 @@
+"""meltr_ray: fine-tune video foundation models with MELTR, distributed on Ray.
+
+``import meltr_ray`` never imports Ray: the core (MELTR, hypergradients, the bilevel loop, backbones, data)
+works without it, and ``meltr_ray.tune`` / ``meltr_ray.train`` import the Ray layer only when called.
+"""
+from __future__ import annotations
+
+from .config import JobConfig
+from .hypergrad import hypergradient, select_scope
+from .meltr import MELTR, FixedWeights, LinearWeights, MTLSum, build_combiner
+
+__version__ = "0.1.0"
+
+__all__ = ["MELTR", "MTLSum", "FixedWeights", "LinearWeights", "build_combiner", "hypergradient",
+           "select_scope", "JobConfig", "tune", "train", "create_backbone", "list_backbones", "__version__"]
+
+
+def tune(*args, **kwargs):
+    """Hyperparameter search over γ, α, β, K with Ray Tune (see :func:`meltr_ray.api.tune`)."""
+    from .api import tune as _tune
+    return _tune(*args, **kwargs)
+
+
+def train(*args, **kwargs):
+    """One MELTR fine-tuning run on Ray Train (see :func:`meltr_ray.api.train`)."""
+    from .api import train as _train
+    return _train(*args, **kwargs)
+
+
+def create_backbone(*args, **kwargs):
+    """Build a registered backbone (see :func:`meltr_ray.backbones.create_backbone`)."""
+    from .backbones import create_backbone as _create
+    return _create(*args, **kwargs)
+
+
+def list_backbones(*args, **kwargs):
+    """Names of the registered backbones (see :func:`meltr_ray.backbones.list_backbones`)."""
+    from .backbones import list_backbones as _list
+    return _list(*args, **kwargs)
