@@ -123,12 +123,17 @@ class DataConfig:
 
 @dataclass
 class ClusterConfig:
-    num_workers: int = 8
+    num_workers: int = 8                   # Train workers (DDP ranks) per trial; 0 = Train local mode
     use_gpu: bool = True
     cpus_per_worker: float = 8.0
     storage_path: str | None = None
-    max_failures: int = 3
+    max_failures: int = 3                  # Train worker-group restarts per run (from the last checkpoint)
     checkpoints_to_keep: int = 2
+    gpus_per_worker: float = 1.0           # used when use_gpu
+    resources_per_worker: dict | None = None   # explicit Ray resources per worker; overrides the two above
+    controller_failure_limit: int = 3      # Train controller failures (e.g. worker-group start timeouts)
+    trial_max_failures: int = 1            # Tune re-runs of a trial whose driver died (resumes its Train run)
+    max_concurrent_trials: int | None = None   # None = as many as the cluster's resources fit
 
 
 @dataclass
