@@ -1,0 +1,212 @@
+"""Search-space files (``tune_spaces/*.yaml``): load, validate, find the one for a backbone and task.
+
+A space file says only what is searched and how results are ranked; everything else comes from the recipe.
+The format (``tune_spaces/README.md``)::
+
+    metric: val_r1            # a key the workers report (val_<metric> from the backbone's evaluate)
+    mode: max                 # max | min
+    searcher: hyperopt        # hyperopt (TPE) | random
+    num_samples: 16           # trials
+    scheduler: {type: asha, grace_period: 1, reduction_factor: 2}    # asha | none
+    params:
+      reg_weight:    {distribution: loguniform, low: 0.05, high: 10}   # γ
+      backbone_lr:   {distribution: loguniform, low: 1e-5, high: 1e-4} # α
+      meltr_lr:      {distribution: loguniform, low: 3e-5, high: 1e-3} # β
+      neumann_steps: {distribution: randint, low: 1, high: 5}          # K, both ends included
+      meta_every:    {distribution: choice, values: [3, 5]}
+
+Parameter names are the short aliases of :data:`meltr_ray.config.FIELD_ALIASES` or any dotted config path.
+Every error is a :class:`SpaceError` (a ``ValueError``) that names the file and the bad key. This module does
+not import Ray: :mod:`meltr_ray.cluster.search` turns a validated :class:`SearchSpace` into Tune objects.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .config import FIELD_ALIASES, JobConfig
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "tune_spaces"
+
+TOP_KEYS = {"description", "metric", "mode", "searcher", "num_samples", "scheduler", "params"}
+SEARCHERS = {"hyperopt", "random"}
+SCHEDULER_KEYS = {"type", "grace_period", "reduction_factor", "max_t"}
+# distribution -> (required keys, optional keys)
+DISTRIBUTIONS = {
+    "choice": ({"values"}, set()),
+    "uniform": ({"low", "high"}, set()),
+    "loguniform": ({"low", "high"}, set()),
+    "quniform": ({"low", "high", "q"}, set()),
+    "qloguniform": ({"low", "high", "q"}, set()),
+    "randint": ({"low", "high"}, set()),
+}
+
+
+class SpaceError(ValueError):
+    """A search-space file is wrong; the message names the file and the key."""
+
+
+@dataclass
+class SearchSpace:
+    """A validated search space. ``params`` maps a parameter name (alias or dotted path) to its distribution."""
+    metric: str
+    mode: str
+    params: dict
+    searcher: str = "hyperopt"
+    num_samples: int = 8
+    scheduler: dict = field(default_factory=lambda: {"type": "asha", "grace_period": 1, "reduction_factor": 2})
+    description: str = ""
+    source: str = "<dict>"
+
+    def contains(self, name: str, value) -> bool:
+        """Whether ``value`` lies inside the range (or choice list) searched for ``name`` (alias or path)."""
+        paths = {FIELD_ALIASES.get(n, n): n for n in self.params}
+        spec = self.params[name] if name in self.params else self.params[paths[FIELD_ALIASES.get(name, name)]]
+        if spec["distribution"] == "choice":
+            return value in spec["values"]
+        return spec["low"] <= value <= spec["high"]
+
+
+def _fail(source: str, key: str, message: str):
+    raise SpaceError(f"search space {source}: {key}: {message}")
+
+
+def _check_number(source: str, key: str, value, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(source, key, f"must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        _fail(source, key, f"must be > 0, got {value!r}")
+    return value
+
+
+def _param_path(source: str, name: str) -> str:
+    """The dotted config path of a parameter name, checked against :class:`JobConfig`."""
+    dotted = FIELD_ALIASES.get(name, name)
+    try:
+        JobConfig().with_overrides({dotted: None})
+    except ValueError:
+        _fail(source, f"params.{name}", f"unknown hyperparameter (use one of {sorted(FIELD_ALIASES)} "
+                                        f"or a dotted config path such as 'meta.reg_weight')")
+    return dotted
+
+
+def _check_distribution(source: str, name: str, spec) -> dict:
+    key = f"params.{name}"
+    if not isinstance(spec, dict):
+        _fail(source, key, f"must be a mapping with a 'distribution', got {spec!r}")
+    kind = spec.get("distribution")
+    if kind not in DISTRIBUTIONS:
+        _fail(source, f"{key}.distribution", f"must be one of {sorted(DISTRIBUTIONS)}, got {kind!r}")
+    required, optional = DISTRIBUTIONS[kind]
+    for extra in sorted(set(spec) - required - optional - {"distribution"}):
+        _fail(source, f"{key}.{extra}", f"unknown key for distribution {kind!r} (expected {sorted(required)})")
+    for missing in sorted(required - set(spec)):
+        _fail(source, f"{key}.{missing}", f"missing (distribution {kind!r} needs {sorted(required)})")
+    if kind == "choice":
+        if not isinstance(spec["values"], list) or not spec["values"]:
+            _fail(source, f"{key}.values", f"must be a non-empty list, got {spec['values']!r}")
+        return dict(spec)
+    low = _check_number(source, f"{key}.low", spec["low"], positive="log" in kind)
+    high = _check_number(source, f"{key}.high", spec["high"], positive="log" in kind)
+    if high < low or (high == low and kind != "randint"):
+        _fail(source, key, f"empty range: low={low!r} must be < high={high!r}")
+    if kind == "randint" and not (float(low).is_integer() and float(high).is_integer()):
+        _fail(source, key, f"randint bounds must be integers, got low={low!r} high={high!r}")
+    if "q" in spec:
+        _check_number(source, f"{key}.q", spec["q"], positive=True)
+    return dict(spec)
+
+
+def _check_values_fit_config(source: str, dotted: str, name: str, spec: dict) -> None:
+    """Every end of the range must make a valid JobConfig (e.g. no negative learning rate)."""
+    ends = spec["values"] if spec["distribution"] == "choice" else [spec["low"], spec["high"]]
+    for value in ends:
+        try:
+            JobConfig().with_overrides({dotted: value}).validate()
+        except (ValueError, TypeError) as err:
+            _fail(source, f"params.{name}", f"value {value!r} is not valid for {dotted}: {err}")
+
+
+def _check_scheduler(source: str, scheduler) -> dict:
+    if scheduler is None:
+        return {"type": "none"}
+    if not isinstance(scheduler, dict):
+        _fail(source, "scheduler", f"must be a mapping, got {scheduler!r}")
+    for extra in sorted(set(scheduler) - SCHEDULER_KEYS):
+        _fail(source, f"scheduler.{extra}", f"unknown key (expected {sorted(SCHEDULER_KEYS)})")
+    kind = scheduler.get("type", "asha")
+    if kind not in {"asha", "none"}:
+        _fail(source, "scheduler.type", f"must be 'asha' or 'none', got {kind!r}")
+    for key in ("grace_period", "reduction_factor", "max_t"):
+        if key in scheduler:
+            value = scheduler[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
+                _fail(source, f"scheduler.{key}", f"must be a number >= 1, got {value!r}")
+    return {"type": kind, **{k: v for k, v in scheduler.items() if k != "type"}}
+
+
+def parse_space(data, source: str = "<dict>") -> SearchSpace:
+    """Validate a loaded space mapping and return a :class:`SearchSpace`; errors name the bad key."""
+    if not isinstance(data, dict):
+        _fail(source, "<top>", f"must be a mapping, got {type(data).__name__}")
+    for extra in sorted(set(data) - TOP_KEYS):
+        _fail(source, extra, f"unknown key (expected one of {sorted(TOP_KEYS)})")
+    for key in ("metric", "mode", "params"):
+        if key not in data:
+            _fail(source, key, "missing")
+    if not isinstance(data["metric"], str) or not data["metric"]:
+        _fail(source, "metric", f"must be a metric name such as 'val_r1', got {data['metric']!r}")
+    if data["mode"] not in {"min", "max"}:
+        _fail(source, "mode", f"must be 'min' or 'max', got {data['mode']!r}")
+    searcher = data.get("searcher", "hyperopt")
+    if searcher not in SEARCHERS:
+        _fail(source, "searcher", f"must be one of {sorted(SEARCHERS)}, got {searcher!r}")
+    num_samples = data.get("num_samples", 8)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        _fail(source, "num_samples", f"must be an integer >= 1, got {num_samples!r}")
+    if not isinstance(data["params"], dict) or not data["params"]:
+        _fail(source, "params", "must be a non-empty mapping of hyperparameter -> distribution")
+    params, seen = {}, {}
+    for name, spec in data["params"].items():
+        dotted = _param_path(source, name)
+        if dotted in seen:
+            _fail(source, f"params.{name}", f"searches {dotted} a second time (also as {seen[dotted]!r})")
+        seen[dotted] = name
+        params[name] = _check_distribution(source, name, spec)
+        _check_values_fit_config(source, dotted, name, params[name])
+    return SearchSpace(metric=data["metric"], mode=data["mode"], params=params, searcher=searcher,
+                       num_samples=num_samples, scheduler=_check_scheduler(source, data.get("scheduler", {})),
+                       description=str(data.get("description", "")), source=source)
+
+
+def load_space(name_or_path: str | Path) -> SearchSpace:
+    """Load a space from a YAML path, or by name from ``tune_spaces/`` (``"default"``, ``"violet_retrieval"``)."""
+    path = Path(name_or_path)
+    if not path.exists():
+        path = SPACES_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise SpaceError(f"search space {name_or_path!r}: no such file, and no tune_spaces/{name_or_path}.yaml "
+                         f"(available: {list_spaces()})")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise SpaceError(f"search space {path}: not valid YAML: {err}") from None
+    return parse_space(data, source=str(path))
+
+
+def list_spaces() -> list[str]:
+    """Names of the space files shipped in ``tune_spaces/``."""
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def space_for(backbone: str, task: str) -> SearchSpace:
+    """The shipped space for a backbone family and task (``violet_retrieval.yaml``), else ``default.yaml``."""
+    family = backbone.split("_")[0]
+    for name in (f"{family}_{task}", "default"):
+        if (SPACES_DIR / f"{name}.yaml").exists():
+            return load_space(name)
+    raise SpaceError(f"no search space for {family}/{task} and no tune_spaces/default.yaml")
