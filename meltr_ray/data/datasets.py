@@ -1,0 +1,174 @@
+"""Converters for the datasets of the paper (formats: reference meltr_official.md §3.5, §4.5, §5.5).
+
+Every converter takes the annotation path (``--annotations``), ``videos`` (the video folder, for resolving
+file names) and its own keyword options (CLI ``--opt key=value``), and yields records or :class:`Skip`.
+
+==================  ===========================================================================================
+format              inputs
+==================  ===========================================================================================
+``msrvtt``          ``MSRVTT_data.json`` (``videos``, ``sentences``). ``split_mode=9k``: ``train_list`` =
+                    ``MSRVTT_train.9k.csv`` (or a .txt of ids), all captions of those videos; ``7k``: the first
+                    7,010 videos of the json; test = ``test_list`` = ``MSRVTT_JSFUSION_test.csv`` (1k-A, one
+                    caption each). ``split_mode=full`` (captioning): train = first 7,010 videos, test = the last
+                    2,990 with **all 20 references** (the official B-U3 typo used one).
+``msvd-qa``,        Violet's ``txt_{task}.json`` = ``{"train": [...], "test": [...]}``: multiple choice items
+``tgif-action``,    ``{"video", "question", "option_0".."option_4", "answer": int}``; open-ended items
+``tgif-transition`` ``{"video", "question", "answer": int | str}``. Integer open-ended answers index the top-K
+``tgif-frame``      answer list: pass it as ``answer_vocab`` (a json list) or the ids are kept as is.
+``youcook2``        ``youcookii_data.transcript.pickle`` (annotations) + ``features`` = the S3D feature pickle +
+                    ``train_csv`` / ``val_csv``; one row per (video, clip), features ``[int(start), int(end)+1)``
+                    at 1 fps. Pickles need ``allow_pickle``.
+``cmu-mosi``        a pickle or ``.npz`` of splits ``{train|valid|test: {"vision"/"audio"/"text" or "features":
+                    (N, F, D), "labels": (N, ...), "id"?: (N,)}}``; modalities are concatenated along D.
+==================  ===========================================================================================
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Iterator
+
+import numpy as np
+
+from .converters import Skip, add_question, feature_array, load_pickle, new_record, resolve_video
+
+MSRVTT_TRAIN_7K = 7010
+
+
+def _read_id_list(path: str) -> list[str]:
+    if path.endswith(".csv"):
+        with open(path, newline="") as f:
+            return [row["video_id"] for row in csv.DictReader(f)]
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def read_msrvtt(annotations: str, videos: str | None = None, split_mode: str = "9k",
+                train_list: str | None = None, test_list: str | None = None, **_) -> Iterator[dict | Skip]:
+    """MSRVTT retrieval (9k / 7k train + 1k-A test) or full captioning split (see the module table)."""
+    with open(annotations) as f:
+        data = json.load(f)
+    order = [v["video_id"] for v in data["videos"]]
+    captions: dict[str, list[str]] = {}
+    for s in data["sentences"]:
+        captions.setdefault(s["video_id"], []).append(s["caption"])
+    if split_mode == "full":
+        splits = {"train": order[:MSRVTT_TRAIN_7K], "test": order[MSRVTT_TRAIN_7K:]}
+        test_caps = None
+    else:
+        train = _read_id_list(train_list) if split_mode == "9k" else order[:MSRVTT_TRAIN_7K]
+        test_caps = _jsfusion(test_list) if test_list else {}
+        splits = {"train": train, "test": list(test_caps)}
+    for split, ids in splits.items():
+        for vid in ids:
+            rec = new_record(vid, resolve_video(videos or "", vid), split)
+            rec["captions"] = test_caps[vid] if split == "test" and test_caps is not None else captions.get(vid, [])
+            if not rec["captions"]:
+                yield Skip(vid, rec["video"], "unparsable annotation: video has no captions")
+            else:
+                yield rec
+
+
+def _jsfusion(path: str) -> dict[str, list[str]]:
+    with open(path, newline="") as f:
+        return {row["video_id"]: [row["sentence"]] for row in csv.DictReader(f)}
+
+
+def read_violet_qa(annotations: str, videos: str | None = None, answer_vocab: str | None = None,
+                   **_) -> Iterator[dict | Skip]:
+    """Violet ``txt_{task}.json`` (MSVD-QA, TGIF-Action/Transition/Frame); one row per video, all its questions."""
+    with open(annotations) as f:
+        data = json.load(f)
+    vocab = json.load(open(answer_vocab)) if answer_vocab else None
+    rows: dict[str, dict] = {}
+    max_answer = -1
+    for split, items in data.items():
+        split = {"valid": "val", "validation": "val"}.get(split, split)
+        for n, item in enumerate(items):
+            try:
+                vid = str(item["video"])
+                rec = rows.setdefault(f"{split}/{vid}", new_record(vid, resolve_video(videos or "", vid), split))
+                options = [item[k] for k in sorted(k for k in item if k.startswith("option_"))]
+                answer = item["answer"]
+                if options:
+                    add_question(rec, {"question": item["question"], "options": options, "answer": int(answer)})
+                else:
+                    max_answer = max(max_answer, answer) if isinstance(answer, int) else max_answer
+                    text = vocab[answer] if vocab and isinstance(answer, int) else str(answer)
+                    add_question(rec, {"question": item["question"], "answer_text": text})
+            except (KeyError, ValueError, TypeError, IndexError) as exc:
+                yield Skip(str(item.get("video", f"{split}[{n}]")) if isinstance(item, dict) else f"{split}[{n}]",
+                           "", f"unparsable annotation ({split} item {n}): {exc!r}")
+    for key, rec in rows.items():
+        rec["id"] = key                                  # a video may be in several splits
+        yield rec
+    if vocab is not None:
+        yield {"answer_vocab": list(vocab)}
+    elif max_answer >= 0:                                # integer answers without a vocabulary: keep ids
+        yield {"answer_vocab": [str(i) for i in range(max_answer + 1)]}
+
+
+def read_youcook2(annotations: str, videos: str | None = None, features: str | None = None,
+                  train_csv: str | None = None, val_csv: str | None = None, allow_pickle: bool = False,
+                  max_frames: int = 48, **_) -> Iterator[dict | Skip]:
+    """YouCook2 (UniVL): S3D features per video, one row per annotated clip with its caption."""
+    if not features:
+        raise ValueError("youcook2 needs features=<youcookii_videos_features.pickle>")
+    transcript = load_pickle(annotations, allow_pickle)
+    feats = load_pickle(features, allow_pickle)
+    for split, path in (("train", train_csv), ("val", val_csv)):
+        if not path:
+            continue
+        with open(path, newline="") as f:
+            listed = [(r["video_id"], r.get("feature_file") or r["video_id"]) for r in csv.DictReader(f)]
+        for vid, feature_file in listed:
+            yield from _youcook_clips(vid, split, transcript.get(vid), feats.get(feature_file), max_frames)
+
+
+def _youcook_clips(vid: str, split: str, ann, feat, max_frames: int) -> Iterator[dict | Skip]:
+    if ann is None or feat is None:
+        yield Skip(vid, "", "missing file: no " + ("annotation" if ann is None else "features") + " for video")
+        return
+    for k, (start, end, text) in enumerate(zip(ann["start"], ann["end"], ann["text"])):
+        rec = new_record(f"{vid}#{k}", None, split)
+        rec["video_id"] = vid
+        try:
+            rec["features"] = feature_array(np.asarray(feat)[int(start):int(end) + 1][:max_frames])
+        except ValueError as exc:
+            yield Skip(rec["id"], "", f"bad features: {exc}")
+            continue
+        rec["captions"], rec["clip_start"], rec["clip_end"] = [str(text)], float(start), float(end)
+        yield rec
+
+
+def read_cmu_mosi(annotations: str, videos: str | None = None, allow_pickle: bool = False,
+                  **_) -> Iterator[dict | Skip]:
+    """CMU-MOSI aligned features + sentiment scores (see the module table)."""
+    data = dict(np.load(annotations, allow_pickle=False)) if annotations.endswith(".npz") \
+        else load_pickle(annotations, allow_pickle)
+    if annotations.endswith(".npz"):                      # flat npz: "{split}/{key}" arrays
+        nested: dict = {}
+        for key, arr in data.items():
+            split, name = key.split("/", 1)
+            nested.setdefault(split, {})[name] = arr
+        data = nested
+    for split, part in data.items():
+        out_split = {"valid": "val", "validation": "val"}.get(split, split)
+        mods = [np.asarray(part[m], np.float32) for m in ("features", "vision", "audio", "text") if m in part]
+        feats = np.concatenate(mods, axis=-1)
+        labels = np.asarray(part["labels"], np.float32).reshape(len(feats), -1)[:, 0]
+        ids = [str(i) for i in part.get("id", [f"{out_split}{n:05d}" for n in range(len(feats))])]
+        for n, (rid, f, score) in enumerate(zip(ids, feats, labels)):
+            rec = new_record(f"{out_split}/{rid}/{n}", None, out_split)
+            try:
+                rec["features"], rec["score"] = feature_array(f), float(score)
+            except ValueError as exc:
+                yield Skip(rec["id"], "", f"bad features: {exc}")
+                continue
+            yield rec
+
+
+FORMATS = {"msrvtt": read_msrvtt, "msvd-qa": read_violet_qa, "tgif-action": read_violet_qa,
+           "tgif-transition": read_violet_qa, "tgif-frame": read_violet_qa, "youcook2": read_youcook2,
+           "cmu-mosi": read_cmu_mosi}
