@@ -1,0 +1,167 @@
+"""Loading official checkpoints: read safely, map names, check shapes, load strictly, report every key.
+
+A *filter* turns a checkpoint's state dict into one the model accepts with ``load_state_dict(strict=True)``
+and records what it did in a :class:`LoadReport` (loaded / renamed / skipped / initialised, each with the
+reason). Anything it cannot explain — an unknown key, a missing backbone key, a shape mismatch — raises
+``ValueError`` naming the key, instead of the official loaders' silent skip.
+
+Violet (reference ``checkpoints/violet_*.json``): plain state dicts saved from ``model.module``; this filter
+also strips a stray ``module.`` prefix, checks and drops the legacy ``enc_txt.emb_txt.position_ids`` buffer
+(persistent before transformers 4.31), re-ties ``fc_mtm.predictions.bias`` / ``.decoder.bias`` (one
+Parameter), maps heads by role (the pretrained VTM head ``fc`` → the QA models' ``fc_vtm`` unless
+``reuse_pretrained_vtm=False``, which keeps the official fresh start) and lets task heads the checkpoint lacks
+(QA-OE ``fc_oe``, QA-MC ``fc_mc``, action ``fc_cls``) start fresh — reported as initialised.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+VIOLET_BACKBONE_PREFIXES = ("enc_img.", "enc_txt.", "trsfr.")
+# checkpoint head module -> loss role (the official names across the pretrain/retrieval/QA models)
+VIOLET_HEAD_ROLES = {"fc": "vtm", "fc_vtm": "vtm", "fc_mtm": "mtm", "fc_mvm": "mvm", "fc_oe": "oe",
+                     "fc_mc": "mc", "fc_cls": "cls"}
+LEGACY_POSITION_IDS = "enc_txt.emb_txt.position_ids"
+TIED_BIAS = ("fc_mtm.predictions.bias", "fc_mtm.predictions.decoder.bias")
+SHAPE_HINTS = {"enc_img.emb_len": "max_frames", "enc_img.emb_pos": "max_grid",
+               "enc_txt.emb_txt.word_embeddings.weight": "vocab_size",
+               "enc_txt.emb_txt.position_embeddings.weight": "max_text_len",
+               "fc_oe.3": "size_vocab", "fc_cls.3": "num_classes", "fc_mvm.3": "mvm_vocab"}
+
+
+@dataclass
+class LoadReport:
+    """What a checkpoint load did, key by key."""
+    source: str
+    loaded: list = field(default_factory=list)          # model keys filled from the checkpoint
+    renamed: dict = field(default_factory=dict)         # checkpoint key -> model key
+    skipped: dict = field(default_factory=dict)         # checkpoint key -> reason
+    initialised: dict = field(default_factory=dict)     # model key -> reason (kept its fresh init)
+    notes: list = field(default_factory=list)           # whole-file fixes (e.g. a stripped prefix)
+
+    def to_text(self, verbose: bool = False) -> str:
+        groups = Counter(".".join(k.split(".")[:2]) for k in self.loaded)
+        lines = [f"checkpoint {self.source}: loaded {len(self.loaded)} keys, renamed {len(self.renamed)}, "
+                 f"skipped {len(self.skipped)}, initialised {len(self.initialised)}",
+                 "  loaded: " + ", ".join(f"{g}.* ({n})" for g, n in sorted(groups.items()))]
+        if verbose:
+            lines += [f"  loaded      {k}" for k in self.loaded]
+        lines += [f"  note        {n}" for n in self.notes]
+        lines += [f"  renamed     {k} -> {v}" for k, v in self.renamed.items()]
+        lines += [f"  skipped     {k}: {v}" for k, v in self.skipped.items()]
+        lines += [f"  initialised {k}: {v}" for k, v in self.initialised.items()]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+
+def read_state_dict(path: str) -> dict:
+    """``torch.load(weights_only=True)`` on CPU; unwraps a ``{"state_dict"|"model": {...}}`` nesting."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict) and not torch.is_tensor(obj.get(key)):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return dict(obj)
+
+
+def strip_prefix(state: dict, prefix: str, report: LoadReport) -> dict:
+    """Remove ``prefix`` (e.g. DataParallel's ``module.``) from every key that has it."""
+    stripped = sum(key.startswith(prefix) for key in state)
+    if stripped:
+        report.notes.append(f"stripped the {prefix!r} prefix from {stripped} keys")
+    return {(key[len(prefix):] if key.startswith(prefix) else key): value for key, value in state.items()}
+
+
+def _drop_legacy_position_ids(state: dict, report: LoadReport) -> None:
+    ids = state.pop(LEGACY_POSITION_IDS, None)
+    if ids is None:
+        return
+    expected = torch.arange(ids.shape[-1]).unsqueeze(0)
+    if ids.shape != expected.shape or not torch.equal(ids.long(), expected):
+        raise ValueError(f"legacy key {LEGACY_POSITION_IDS} must be arange({ids.shape[-1]})[None], "
+                         f"got shape {tuple(ids.shape)} with other values")
+    report.skipped[LEGACY_POSITION_IDS] = "legacy buffer of transformers < 4.31 (checked == arange)"
+
+
+def _retie_mtm_bias(state: dict, report: LoadReport) -> None:
+    bias, decoder_bias = TIED_BIAS
+    if bias in state and decoder_bias in state:
+        if not torch.equal(state[bias], state[decoder_bias]):
+            raise ValueError(f"{bias} and {decoder_bias} are one tied Parameter but differ in the checkpoint")
+    elif bias in state or decoder_bias in state:
+        present, absent = (bias, decoder_bias) if bias in state else (decoder_bias, bias)
+        state[absent] = state[present]
+        report.notes.append(f"re-tied {absent} to {present} (one Parameter in the model)")
+
+
+def _map_heads(state: dict, head_names: dict, task: str, reuse_vtm: bool, report: LoadReport) -> dict:
+    """Rename head keys by role to this model's head names; skip heads this task has no use for."""
+    own = set(head_names.values())
+    out = {}
+    for key, value in state.items():
+        module, _, rest = key.partition(".")
+        role = VIOLET_HEAD_ROLES.get(module)
+        if role is None or module in own:
+            out[key] = value
+            continue
+        target = head_names.get(role)
+        if target is None:
+            report.skipped[key] = f"no {role} head in a Violet {task!r} model"
+        elif any(k.startswith(target + ".") for k in state):
+            report.skipped[key] = f"the checkpoint also has {target}.*, which is used instead"
+        elif role == "vtm" and not reuse_vtm:
+            report.skipped[key] = "reuse_pretrained_vtm=False: fc_vtm starts fresh, as in the official QA code"
+        else:
+            out[f"{target}.{rest}"] = value
+            report.renamed[key] = f"{target}.{rest}"
+    return out
+
+
+def _check_keys(state: dict, model_state: dict, head_names: dict, report: LoadReport) -> None:
+    unknown = sorted(k for k in state if k not in model_state)
+    if unknown:
+        raise ValueError(f"{len(unknown)} checkpoint key(s) match nothing in the model, e.g. {unknown[:5]}")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(model_state[key].shape):
+            hint = next((f" (set the {o} override to match)" for p, o in SHAPE_HINTS.items()
+                         if key.startswith(p)), "")
+            raise ValueError(f"shape mismatch for {key}: checkpoint {tuple(value.shape)} vs model "
+                             f"{tuple(model_state[key].shape)}{hint}")
+        if key.endswith("relative_position_index") and not torch.equal(value.long(), model_state[key]):
+            raise ValueError(f"{key} differs from the index of the model's window: the checkpoint was built "
+                             f"with another Swin window size")
+    heads = tuple(name + "." for name in head_names.values())
+    missing = [k for k in model_state if k not in state]
+    required = [k for k in missing if not k.startswith(heads) and not k.endswith("relative_position_index")]
+    if required:
+        raise ValueError(f"{len(required)} backbone key(s) missing from the checkpoint, e.g. {required[:5]}")
+    for key in missing:
+        report.initialised[key] = ("recomputed from the window size" if key.endswith("relative_position_index")
+                                   else "not in the checkpoint: starts fresh")
+
+
+def filter_violet_state_dict(state: dict, model, source: str = "<state dict>") -> tuple[dict, LoadReport]:
+    """Map an official Violet state dict onto ``model``; returns (full state dict for a strict load, report)."""
+    report = LoadReport(source)
+    state = strip_prefix(state, "module.", report)
+    _drop_legacy_position_ids(state, report)
+    _retie_mtm_bias(state, report)
+    state = _map_heads(state, model.head_names, model.task, model.cfg.reuse_pretrained_vtm, report)
+    model_state = model.state_dict()
+    _check_keys(state, model_state, model.head_names, report)
+    report.loaded = [k for k in model_state if k in state]
+    return {**model_state, **state}, report
+
+
+def load_violet_checkpoint(model, path: str, verbose: bool = True) -> LoadReport:
+    """Read ``path`` safely, filter it onto ``model``, load strictly, print and return the report."""
+    full, report = filter_violet_state_dict(read_state_dict(path), model, source=str(path))
+    model.load_state_dict(full, strict=True)
+    if verbose:
+        print(report)
+    return report
