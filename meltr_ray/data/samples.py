@@ -42,19 +42,26 @@ VQ_COLUMNS = ["vq_ids", "vq_h", "vq_w"]
 BadRowHook = Callable[[str, str, str], None]          # (row id, video id, reason)
 
 
+def _list(row: dict, key: str) -> list:
+    """A list column of a row as a Python list (rows from Arrow/numpy hold arrays or None)."""
+    value = row.get(key)
+    return [] if value is None else list(value)
+
+
 def text_items(row: dict, task: str) -> list[dict]:
     """The text items of one row for ``task``: each a dict with ``text`` and, per task, answer/label/score."""
     if task in TEXT_TASKS:
-        return [{"text": c} for c in row.get("captions") or []]
+        return [{"text": str(c)} for c in _list(row, "captions")]
     if task in ("qa_mc", "qa_oe"):
-        qs = zip(row.get("questions") or [], row.get("options") or [], row.get("answers") or [],
-                 row.get("answer_texts") or [])
+        qs = zip(_list(row, "questions"), _list(row, "options"), _list(row, "answers"), _list(row, "answer_texts"))
         if task == "qa_mc":
-            return [{"text": q, "options": list(o), "answer": int(a)} for q, o, a, _ in qs if len(o) and a >= 0]
-        return [{"text": q, "answer_text": t} for q, _, _, t in qs if t]
-    first = (list(row.get("captions") or []) or [""])[0]
+            return [{"text": str(q), "options": [str(x) for x in o], "answer": int(a)}
+                    for q, o, a, _ in qs if o is not None and len(o) and a >= 0]
+        return [{"text": str(q), "answer_text": str(t)} for q, _, _, t in qs if t]
+    first = str((_list(row, "captions") or [""])[0])
     if task == "classification":
-        return [{"text": first, "label": int(row["label"])}] if row.get("label", -1) >= 0 else []
+        label = row.get("label")
+        return [{"text": first, "label": int(label)}] if label is not None and label >= 0 else []
     if task == "sentiment":
         score = row.get("score", math.nan)
         return [] if score is None or math.isnan(score) else [{"text": first, "score": float(score)}]
@@ -87,7 +94,7 @@ class SampleBuilder:
             raise ValueError("text_mode must be 'all' or 'random'")
         self.task, self.num_frames, self.image_size, self.max_text_len = task, num_frames, image_size, max_text_len
         self.sampling, self.resize_mode, self.min_frames = sampling, resize_mode, min_frames
-        self.modality, self.vq_grid, self.num_options, self.text_mode = modality, with_vq, num_options, text_mode
+        self.modality, self.vq_grid, self.num_options, self.text_mode = modality, vq_grid, num_options, text_mode
         self.max_feature_frames, self.decode_timeout_s = max_feature_frames, decode_timeout_s
         self.feature_dim = feature_dim
         self.answer_index = {a: i for i, a in enumerate(answer_vocab or [])}

@@ -1,0 +1,186 @@
+"""Ray Data pipeline: Parquet shards → decoded frames + token ids → Ray Train workers.
+
+    read_parquet(shards of one split) → select_columns → map_batches(DecodeSamples, ActorPoolStrategy(n))
+    → TorchTrainer(datasets={...}) → ray.train.get_dataset_shard(split).iter_torch_batches(collate_fn=CollateSamples())
+
+* ``DecodeSamples`` is a class UDF (one decoder and tokenizer per actor) around
+  :class:`meltr_ray.data.samples.SampleBuilder`: it decodes each clip once and emits one sample per text item,
+  so batches are pure tensors plus ``video_id`` / ``sample_id`` strings (tokenised inside the UDF).
+* A row that cannot be decoded is dropped, logged (``logger.warning``), reported to the named
+  :class:`BadRowLog` actor (deduplicated by row id: Ray may retry tasks and every epoch re-decodes) and passed
+  to the optional ``on_bad_row(row_id, video_id, reason)`` hook, which runs *inside the decode actors* (e.g. a
+  ``ray.util.metrics`` counter from ``cluster/monitor.py``). :func:`bad_rows` reads the log from anywhere.
+* Only the ``train`` and ``meta`` splits use ``sampling`` ('random' = segment-random); ``val``/``test`` always
+  sample uniformly (the official All-in-one sampled randomly at evaluation, bug B-A4).
+* On small machines: Ray 2.60's Parquet reader runs a ``ListFiles`` task that needs a whole CPU, so keep
+  ``decode_actors × decode_cpus`` + Train workers ≤ CPUs − 1 (or oversubscribe ``num_cpus`` in tests), and set
+  ``RAY_DATA_PARQUET_BIN_PACKING_BYTES`` (~16 MiB) **before** ``ray.init`` so small datasets become several
+  blocks and every decode actor gets work (reference video_data_notes §4).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Callable
+
+import numpy as np
+import ray
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+from ..data.samples import FEATURE_COLUMNS, TEXT_COLUMNS, VIDEO_COLUMNS, VQ_COLUMNS, SampleBuilder
+
+log = logging.getLogger(__name__)
+BAD_ROW_LOG = "meltr_ray_bad_rows"
+TRAIN_SPLITS = ("train", "meta")
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class BadRowLog:
+    """Named actor collecting ``(row id, video id, reason)`` of rows the pipeline dropped (deduplicated)."""
+
+    def __init__(self):
+        self._rows: dict[str, dict] = {}
+        self.events = 0
+
+    def report(self, row_id: str, video_id: str, reason: str, split: str = "") -> None:
+        self.events += 1
+        self._rows.setdefault(row_id, {"id": row_id, "video_id": video_id, "reason": reason, "split": split})
+
+    def rows(self) -> list[dict]:
+        return list(self._rows.values())
+
+    def summary(self) -> dict:
+        by_reason: dict[str, int] = {}
+        for r in self._rows.values():
+            by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+        return {"count": len(self._rows), "events": self.events, "by_reason": by_reason}
+
+
+_LOGS: dict = {}        # handles keep the (non-detached) named actors alive in the process that created them
+
+
+def bad_row_log(name: str = BAD_ROW_LOG):
+    """The named :class:`BadRowLog` actor (created on first use; lives as long as this process holds it)."""
+    if name not in _LOGS:
+        _LOGS[name] = BadRowLog.options(name=name, get_if_exists=True).remote()
+    return _LOGS[name]
+
+
+def bad_rows(name: str = BAD_ROW_LOG) -> list[dict]:
+    """Rows dropped so far by pipelines reporting to the log ``name`` (empty if it does not exist)."""
+    try:
+        handle = _LOGS.get(name) or ray.get_actor(name)
+    except ValueError:
+        return []
+    return ray.get(handle.rows.remote())
+
+
+def bad_row_summary(name: str = BAD_ROW_LOG) -> dict:
+    """``{"count", "events", "by_reason"}`` of the log ``name`` (for a metric or an end-of-epoch line)."""
+    try:
+        handle = _LOGS.get(name) or ray.get_actor(name)
+    except ValueError:
+        return {"count": 0, "events": 0, "by_reason": {}}
+    return ray.get(handle.summary.remote())
+
+
+class DecodeSamples:
+    """Ray Data class UDF: a batch of shard rows → a batch of samples (see the module docstring)."""
+
+    def __init__(self, *, split: str, log=None, on_bad_row: Callable | None = None, **builder_kwargs):
+        self.split, self.hook, self.log = split, on_bad_row, log
+        self.builder = SampleBuilder(on_bad_row=self._report, **builder_kwargs)
+
+    def _report(self, row_id: str, video_id: str, reason: str) -> None:
+        if self.log is not None:
+            self.log.report.remote(row_id, video_id, reason, self.split)
+        if self.hook is not None:
+            self.hook(row_id, video_id, reason)
+
+    def __call__(self, batch: dict) -> dict:
+        return self.builder(batch)
+
+
+class CollateSamples(NumpyBatchCollateFn):
+    """``iter_torch_batches`` collate: numeric arrays → torch tensors, strings → lists of str."""
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        out = {}
+        for key, value in batch.items():
+            if value.dtype == object or value.dtype.kind in "US":
+                out[key] = [str(v) for v in value]
+            else:
+                out[key] = torch.from_numpy(np.ascontiguousarray(value))
+        return out
+
+
+def read_dataset_meta(shard_dir: str) -> dict:
+    """``dataset.json`` written by ``meltr-ray ingest`` (splits → shard files, modality, vq grid, ...)."""
+    path = os.path.join(shard_dir, "dataset.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: is {shard_dir} the --out of meltr-ray ingest?")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _answer_vocab(shard_dir: str, meta: dict) -> list[str]:
+    path = os.path.join(shard_dir, meta.get("answer_vocab") or "answer_vocab.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return json.load(f)
+
+
+def _columns(meta: dict) -> list[str]:
+    if meta.get("modality") == "features":
+        return FEATURE_COLUMNS + TEXT_COLUMNS
+    return VIDEO_COLUMNS + TEXT_COLUMNS + (VQ_COLUMNS if meta.get("vq_grid") else [])
+
+
+def build_datasets(shard_dir: str, *, splits=("train", "val"), num_frames: int = 4, image_size: int = 32,
+                   max_text_len: int = 16, vocab_path: str | None = None, task: str = "retrieval",
+                   sampling: str = "uniform", pad_to_square: bool = False, resize_mode: str | None = None,
+                   decode_actors: int = 1, decode_cpus: float = 0.25, decode_batch_rows: int = 4,
+                   min_frames: int = 1, text_mode: str = "all", decoder="decord", num_options: int = 5,
+                   max_feature_frames: int = 48, decode_timeout_s: float | None = 60.0,
+                   on_bad_row: Callable | None = None, log_name: str | None = BAD_ROW_LOG,
+                   seed: int | None = None) -> dict:
+    """``{split: ray.data.Dataset}`` of samples for ``task`` from the shards under ``shard_dir``.
+
+    ``pad_to_square`` (Violet) zero-pads each frame centred to a square before the resize; ``resize_mode``
+    ('stretch' | 'pad' | 'crop') overrides it. Splits without shards are left out of the result.
+    """
+    meta = read_dataset_meta(shard_dir)
+    common = dict(task=task, num_frames=num_frames, image_size=image_size, max_text_len=max_text_len,
+                  vocab_path=vocab_path, resize_mode=resize_mode or ("pad" if pad_to_square else "stretch"),
+                  min_frames=min_frames, text_mode=text_mode, decoder=decoder, num_options=num_options,
+                  modality=meta.get("modality", "video"), feature_dim=meta.get("feature_dim", 0),
+                  vq_grid=tuple(meta["vq_grid"]) if meta.get("vq_grid") else None,
+                  answer_vocab=_answer_vocab(shard_dir, meta), max_feature_frames=max_feature_frames,
+                  decode_timeout_s=decode_timeout_s, seed=seed, on_bad_row=on_bad_row,
+                  log=bad_row_log(log_name) if log_name else None)
+    out = {}
+    for split in splits:
+        files = [os.path.join(shard_dir, f) for f in meta["splits"].get(split, [])]
+        if not files:
+            log.warning("no shards for split %r in %s", split, shard_dir)
+            continue
+        kwargs = dict(common, split=split, sampling=sampling if split in TRAIN_SPLITS else "uniform")
+        out[split] = (ray.data.read_parquet(files)
+                      .select_columns(_columns(meta))
+                      .map_batches(DecodeSamples, fn_constructor_kwargs=kwargs, batch_size=decode_batch_rows,
+                                   batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=decode_actors),
+                                   num_cpus=decode_cpus))
+    return out
+
+
+def iter_split(split: str, batch_size: int, prefetch_batches: int = 1, drop_last: bool = False):
+    """Inside a Train worker: this worker's batches of ``split`` (frames uint8, ids int64, strings as lists)."""
+    import ray.train
+
+    shard = ray.train.get_dataset_shard(split)
+    return shard.iter_torch_batches(batch_size=batch_size, collate_fn=CollateSamples(),
+                                    prefetch_batches=prefetch_batches, drop_last=drop_last)

@@ -1,0 +1,34 @@
+"""Test-only hooks injected into ingest and the decode UDF to simulate a decoder that hangs.
+
+Importable by spawned probe workers (pytest puts this folder on ``sys.path`` and spawn children inherit it).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from meltr_ray.data.probe import probe_video
+from meltr_ray.data.video import DecordDecoder
+
+HANG_MARK = "hang"
+HANG_BYTES = b"HANG"
+
+
+def hanging_probe(path: str, **kwargs) -> dict:
+    """The real probe, except that files whose name contains ``hang`` never return (like decord #373)."""
+    if HANG_MARK in os.path.basename(path):
+        time.sleep(3600)
+    return probe_video(path, **kwargs)
+
+
+class HangingDecoder(DecordDecoder):
+    """decord, except that data starting with ``HANG`` blocks for ``seconds`` (a native hang stand-in)."""
+
+    def __init__(self, seconds: float = 20.0):
+        super().__init__()
+        self.seconds = seconds
+
+    def read(self, data, choose, size):
+        if bytes(data[:4]) == HANG_BYTES:
+            time.sleep(self.seconds)
+        return super().read(data, choose, size)
