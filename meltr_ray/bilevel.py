@@ -132,7 +132,8 @@ class BilevelTrainer:
     def _losses(self, model, batch, tasks=None) -> dict:
         with self._autocast():
             losses = model(batch) if tasks is None else model(batch, tasks=tasks)
-        return {k: v.float() for k, v in losses.items()}
+        # bf16/fp16 losses (autocast) go up to float32; float64 models keep float64 (exactness tests).
+        return {k: v.to(torch.promote_types(v.dtype, torch.float32)) for k, v in losses.items()}
 
     def _all_finite(self, *tensors) -> bool:
         bad = any(not bool(torch.isfinite(t.detach()).all()) for t in tensors)
