@@ -1,0 +1,134 @@
+"""The public entry points: ``meltr_ray.tune(...)`` and ``meltr_ray.train(...)``.
+
+Both resolve one :class:`~meltr_ray.config.JobConfig` (recipe → arguments → ``overrides``), check it before
+anything starts (unknown backbone or task, no shards, unwritable storage, more GPUs than a node has), make
+sure Ray is up (the cluster this node belongs to, else a private local one) and hand over to the Ray layer,
+which is imported here only inside the functions — ``import meltr_ray`` never imports Ray.
+
+With ``data=None`` (and no recipe naming a data path) they run the **embedded demo**: synthetic mp4 clips →
+Parquet shards → ``violet_tiny`` on CPU workers.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from .config import JobConfig
+
+DEFAULT_STORAGE = "~/meltr_results"
+
+
+def resolve_backbone(backbone: str, demo: bool) -> str:
+    """A family name (``"violet"``) means its ``*_base`` variant, or ``*_tiny`` for the demo."""
+    if "_" in backbone:
+        return backbone
+    return f"{backbone}_{'tiny' if demo else 'base'}"
+
+
+def job_config(backbone: str = "violet", task: str = "retrieval", data: str | None = None, *,
+               pretrained: str | None = None, recipe: str | None = None, overrides: dict | None = None,
+               storage_path: str | None = None, epochs: int | None = None, num_workers: int | None = None,
+               use_gpu: bool | None = None, data_factory: str | None = None) -> tuple[JobConfig, bool]:
+    """The run's JobConfig and whether it is the embedded demo (no data and no data factory anywhere)."""
+    from .demo import demo_config
+    if recipe is not None:
+        from .recipes import get_recipe
+        cfg = get_recipe(recipe)
+    else:
+        cfg = None
+    demo = data is None and data_factory is None and (cfg is None or cfg.data.path is None)
+    if cfg is None:
+        cfg = demo_config() if demo else JobConfig()
+        if not demo or backbone != "violet" or task != "retrieval":
+            cfg = cfg.with_overrides({"backbone.name": resolve_backbone(backbone, demo), "backbone.task": task})
+    args = {"data.path": data, "backbone.pretrained": pretrained, "cluster.storage_path": storage_path,
+            "train.epochs": epochs, "cluster.num_workers": num_workers, "cluster.use_gpu": use_gpu}
+    cfg = cfg.with_overrides({k: v for k, v in args.items() if v is not None}).with_overrides(overrides)
+    return cfg.validate(), demo
+
+
+def _prepare(cfg: JobConfig, demo: bool, address: str | None, plugins=(), has_factory: bool = False) -> JobConfig:
+    """Demo data, preflight checks that need no cluster, then Ray. Returns the config with final paths."""
+    from .cluster import preflight
+    from .cluster.session import ensure_ray
+    from .cluster.worker import import_plugins
+    import_plugins(plugins)
+    storage = preflight.check_storage_path(cfg.cluster.storage_path or DEFAULT_STORAGE)
+    cfg = cfg.with_overrides({"cluster.storage_path": storage})
+    preflight.check_backbone(cfg)
+    if demo:
+        from .demo import prepare_demo_data
+        shards, vocab = prepare_demo_data(os.path.join(storage, "demo_data"))
+        cfg = cfg.with_overrides({"data.path": shards, "data.vocab_path": cfg.data.vocab_path or vocab})
+    if cfg.data.path is not None or not has_factory:
+        preflight.check_data_path(cfg.data.path)
+    ensure_ray(address)
+    return cfg
+
+
+def _runtime(plugins, data_factory) -> dict:
+    return {"plugins": list(plugins or []), "data_factory": data_factory}
+
+
+def tune(backbone: str = "violet", task: str = "retrieval", data: str | None = None, space=None,
+         num_samples: int | None = None, pretrained: str | None = None, recipe: str | None = None,
+         overrides: dict | None = None, storage_path: str | None = None, *, name: str | None = None,
+         searcher: str | None = None, seed: int = 0, epochs: int | None = None, num_workers: int | None = None,
+         use_gpu: bool | None = None, plugins=None, data_factory: str | None = None,
+         address: str | None = None, progress: bool = True):
+    """Search γ (reg_weight), α (backbone_lr), β (meltr_lr), K (neumann_steps) and meta_every with Ray Tune.
+
+    ``space``: a :class:`~meltr_ray.spaces.SearchSpace`, a YAML path or a name in ``tune_spaces/``; default:
+    the file for the backbone family and task. ``searcher``: ``hyperopt`` (TPE) or ``random`` (smoke runs).
+    ``plugins`` are modules imported on every worker (extra backbones); ``data_factory``
+    (``"module:function"``, ``f(cfg, trial) -> TrialData``) replaces the Parquet pipeline. Returns Ray's
+    ``ResultGrid``; the best trial's checkpoint is ``result.metrics["checkpoint_path"]``.
+    """
+    from .spaces import SearchSpace, load_space, space_for
+    cfg, demo = job_config(backbone, task, data, pretrained=pretrained, recipe=recipe, overrides=overrides,
+                           storage_path=storage_path, epochs=epochs, num_workers=num_workers, use_gpu=use_gpu,
+                           data_factory=data_factory)
+    if isinstance(space, SearchSpace):
+        search = space
+    elif space is not None:
+        search = load_space(space)
+    else:
+        search = load_space("demo") if demo else space_for(cfg.backbone.name, cfg.backbone.task)
+    cfg = _prepare(cfg, demo, address, plugins, has_factory=data_factory is not None)
+    from .cluster.progress import LiveTrialTable
+    from .cluster.tuner import run_tune
+    name = name or f"{cfg.name}-tune-{time.strftime('%Y%m%d-%H%M%S')}"
+    callbacks = [LiveTrialTable(search.metric, search.mode, search.params, cfg.train.epochs)] if progress else []
+    return run_tune(cfg, search, name=name, storage_path=cfg.cluster.storage_path,
+                    runtime=_runtime(plugins, data_factory), num_samples=num_samples, searcher=searcher,
+                    seed=seed, callbacks=callbacks, verbose=0 if progress else 1)
+
+
+def train(backbone: str = "violet", task: str = "retrieval", data: str | None = None,
+          pretrained: str | None = None, recipe: str | None = None, overrides: dict | None = None,
+          storage_path: str | None = None, *, name: str | None = None, epochs: int | None = None,
+          num_workers: int | None = None, use_gpu: bool | None = None, plugins=None,
+          data_factory: str | None = None, address: str | None = None):
+    """One MELTR fine-tuning run on Ray Train; returns its ``ray.train.Result``.
+
+    Re-running with the same ``name`` and ``storage_path`` resumes the run from its last checkpoint.
+    """
+    cfg, demo = job_config(backbone, task, data, pretrained=pretrained, recipe=recipe, overrides=overrides,
+                           storage_path=storage_path, epochs=epochs, num_workers=num_workers, use_gpu=use_gpu,
+                           data_factory=data_factory)
+    cfg = _prepare(cfg, demo, address, plugins, has_factory=data_factory is not None)
+    from .cluster.driver import build_torch_trainer, worker_resources
+    from .cluster.preflight import check_resources, node_capacities
+    check_resources(cfg, worker_resources(cfg), node_capacities())
+    name = name or f"{cfg.name}-train-{time.strftime('%Y%m%d-%H%M%S')}"
+    trainer = build_torch_trainer(cfg, _runtime(plugins, data_factory), name=name,
+                                  storage_path=cfg.cluster.storage_path)
+    return trainer.fit()
+
+
+def restore(path: str, *, address: str | None = None):
+    """Finish an interrupted ``tune`` experiment at ``path`` (``storage_path/name``) with ``Tuner.restore``."""
+    from .cluster.session import ensure_ray
+    from .cluster.tuner import restore as restore_experiment
+    ensure_ray(address)
+    return restore_experiment(path)

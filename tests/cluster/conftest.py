@@ -1,0 +1,7 @@
+"""Ray-layer tests: make ``tests.cluster.ray_plugins`` importable here and on Ray workers (repo root on path)."""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)

@@ -1,0 +1,54 @@
+"""Test plugins imported on Ray workers (as ``tests.cluster.ray_plugins``): a toy backbone and data source.
+
+``toy_ray`` is :class:`tests.toy_models.ToyMultiTask` registered in the backbone registry; ``toy_data`` is a data
+factory serving deterministic in-memory batches. Crash simulation (worker killed mid-trial): when the job's
+``backbone.overrides`` hold ``crash_marker`` (a file path) and ``crash_epoch``, rank 0 kills its own process
+with SIGKILL at the start of that training epoch — once: it writes the marker first.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+from meltr_ray.backbones import register_backbone
+from meltr_ray.backbones._registry import _REGISTRY
+from meltr_ray.cluster.worker import TrialData
+from tests.toy_models import ToyMultiTask, toy_batches
+
+CRASH_KEYS = ("crash_marker", "crash_epoch")
+STEPS_PER_EPOCH = 4
+
+
+def build_toy(task: str = "toy", pretrained=None, **overrides):
+    """ToyMultiTask; the crash keys of ``backbone.overrides`` are for the data source, not the model."""
+    if task not in ("toy", "retrieval"):
+        raise ValueError(f"unknown toy task {task!r}; choose 'toy'")
+    kwargs = {k: v for k, v in overrides.items() if k not in CRASH_KEYS}
+    return ToyMultiTask(**kwargs)
+
+
+if "toy_ray" not in _REGISTRY:
+    register_backbone("toy_ray")(build_toy)
+
+
+class ToyBatches:
+    """``local_batches(split, epoch, rank, world_size)``: a different deterministic set per split/epoch/rank."""
+
+    def __init__(self, steps: int = STEPS_PER_EPOCH, crash_marker: str | None = None, crash_epoch: int = -1):
+        self.steps, self.crash_marker, self.crash_epoch = steps, crash_marker, crash_epoch
+
+    def __call__(self, split: str, epoch: int, rank: int, world_size: int):
+        if split == "train" and epoch == self.crash_epoch and rank == 0 and self.crash_marker \
+                and not os.path.exists(self.crash_marker):
+            with open(self.crash_marker, "w") as f:
+                f.write(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)          # this worker process only
+        seed = {"train": 0, "val": 10_000}[split] + 100 * epoch * (split == "train") + rank
+        return toy_batches(self.steps if split == "train" else 2, batch_size=8, seed=seed)
+
+
+def toy_data(cfg, trial: str) -> TrialData:
+    """Data factory: in-memory toy batches for the train and val splits."""
+    crash = {k: cfg.backbone.overrides[k] for k in CRASH_KEYS if k in (cfg.backbone.overrides or {})}
+    return TrialData(local_batches=ToyBatches(**crash), local_splits=("train", "val"),
+                     steps_per_epoch=STEPS_PER_EPOCH)
