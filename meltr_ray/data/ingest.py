@@ -26,6 +26,7 @@ from . import converters, datasets
 from .converters import Skip
 from .probe import ProbePool, probe_video
 from .schema import SCHEMA_VERSION
+from .tokenize import build_vocab
 from .shards import plan_hash, plan_shards, row_group_rows_for, shard_row, write_planned_shard
 
 FORMATS: dict[str, Callable] = {"jsonl": converters.read_jsonl, "csv": converters.read_csv, **datasets.FORMATS}
@@ -90,6 +91,16 @@ def build_answer_vocab(records: list[dict], size: int) -> list[str]:
     return [a for a, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]]
 
 
+def train_texts(records: list[dict]) -> list[str]:
+    """Captions, questions, options and answers of the train split (what a demo vocabulary is trained on)."""
+    texts = []
+    for rec in records:
+        if rec["split"] == "train":
+            texts += rec["captions"] + rec["questions"] + rec["answer_texts"]
+            texts += [o for opts in rec["options"] for o in opts]
+    return [t for t in texts if t]
+
+
 def attach_vq(records: list[dict], vq_path: str, allow_pickle: bool) -> None:
     """Join per-frame visual-token ids (``{id or video_id: int array (n_frames, h, w)}``) onto the records."""
     codes = dict(np.load(vq_path)) if vq_path.endswith(".npz") else converters.load_pickle(vq_path, allow_pickle)
@@ -121,11 +132,12 @@ def ingest(format: str = "jsonl", videos: str | None = None, annotations: str | 
            probe_timeout_s: float = 60.0, meta_fraction: float = 0.0, answer_vocab_size: int = 1000,
            shard_bytes: int = 256 << 20, max_rows_per_shard: int = 4096, allow_pickle: bool = False,
            progress: bool = True, probe_fn: Callable = probe_video, decoder: str = "decord",
-           row_group_rows: int | None = None, **format_options) -> IngestReport:
+           row_group_rows: int | None = None, vocab_size: int | None = None, **format_options) -> IngestReport:
     """Convert ``annotations`` (+ the files under ``videos``) into shards under ``out``; see the module doc.
 
     ``probe_fn(path, min_frames=, decoder=) -> dict`` must be an importable module-level function (it runs in
-    spawned worker processes); tests inject a hanging one. Returns the :class:`IngestReport`.
+    spawned worker processes); tests inject a hanging one. ``vocab_size`` also trains a WordPiece
+    ``vocab.txt`` of that size on the train split's texts (the demo's vocabulary). Returns the report.
     """
     if not annotations or not out:
         raise ValueError("ingest needs annotations and out")
@@ -149,6 +161,8 @@ def ingest(format: str = "jsonl", videos: str | None = None, annotations: str | 
                 _write_one(out, name, rows, probes, videos, options, report)
     report.shards = sorted(report.shards, key=lambda s: s["file"])
     _write_metadata(out, records, report, vocab)
+    if vocab_size:
+        build_vocab(train_texts(records), os.path.join(out, "vocab.txt"), vocab_size=vocab_size)
     if progress:
         from rich.console import Console
         Console(stderr=True).print(summary_table(report))

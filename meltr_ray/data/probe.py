@@ -8,6 +8,7 @@ on with the next file. Workers send their stderr (decord prints raw input bytes 
 """
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import os
 import time
@@ -17,6 +18,8 @@ from typing import Callable, Iterable, Iterator
 from .video import DecodeError, describe_error, get_decoder, make_sampler
 
 ProbeFn = Callable[..., dict]
+READY = "__ready__"
+STARTUP_TIMEOUT_S = 300.0
 
 
 def probe_video(path: str, *, min_frames: int = 1, sample_frames: int = 4, decoder: str = "decord") -> dict:
@@ -53,6 +56,7 @@ def _worker_main(conn, probe_fn: ProbeFn, kwargs: dict, stderr_path: str | None)
     if stderr_path:
         fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 2)
+    conn.send((READY, None))           # the timeout counts from here, not from the (slow) interpreter start
     while True:
         task = conn.recv()
         if task is None:
@@ -72,6 +76,7 @@ class _Worker:
         self.proc.start()
         child.close()
         self.task = None
+        self.ready = False
         self.deadline = 0.0
 
     def kill(self) -> None:
@@ -111,7 +116,8 @@ class ProbePool:
         self._workers = []
 
     def _start(self, w: _Worker, task) -> None:
-        w.task, w.deadline = task, time.monotonic() + self.timeout_s
+        w.task = task
+        w.deadline = time.monotonic() + self.timeout_s + (0 if w.ready else STARTUP_TIMEOUT_S)
         w.conn.send(task)
 
     def _replace(self, w: _Worker) -> _Worker:
@@ -123,6 +129,10 @@ class ProbePool:
     def run(self, tasks: Iterable[tuple[str, str]]) -> Iterator[tuple[str, dict]]:
         """Probe every ``(key, path)`` of ``tasks``; yields each key exactly once."""
         pending = iter(tasks)
+        first = next(pending, None)
+        if first is None:
+            return
+        pending = itertools.chain([first], pending)
         while len(self._workers) < self.n:
             self._workers.append(_Worker(self._ctx, *self._args))
         for w in self._workers:
@@ -147,7 +157,11 @@ class ProbePool:
         for w in busy:
             if w.conn in ready:
                 try:
-                    done.append((w, w.conn.recv()[1]))
+                    key, result = w.conn.recv()
+                    if key == READY:
+                        w.ready, w.deadline = True, time.monotonic() + self.timeout_s
+                    else:
+                        done.append((w, result))
                 except (EOFError, OSError):
                     w.proc.join(1)
                     done.append((w, {"ok": False, "_restart": True,

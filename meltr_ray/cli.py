@@ -1,0 +1,94 @@
+"""``meltr-ray``: the command line (``meltr-ray ingest|…``).
+
+Each subcommand is two functions — ``<name>_arguments(parser)`` adds its options, ``run_<name>(args) -> int``
+does the work — plus one :func:`register` line at the bottom of this file. Heavy imports (Ray, torch) happen
+inside ``run_*`` so ``meltr-ray --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+SUBCOMMANDS: dict[str, tuple[Callable, Callable, str]] = {}
+
+
+def register(name: str, arguments: Callable[[argparse.ArgumentParser], None],
+             run: Callable[[argparse.Namespace], int], help: str) -> None:
+    """Add subcommand ``name``: ``arguments(parser)`` declares its options, ``run(args)`` returns the exit code."""
+    SUBCOMMANDS[name] = (arguments, run, help)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key.replace("-", "_"), value
+
+
+# ---- ingest ------------------------------------------------------------------------------------------------
+def ingest_arguments(p: argparse.ArgumentParser) -> None:
+    from .data.ingest import FORMATS
+
+    p.add_argument("--format", default="jsonl", choices=sorted(FORMATS), help="annotation format (default jsonl)")
+    p.add_argument("--videos", help="folder the annotation's video paths are relative to")
+    p.add_argument("--annotations", required=True, help="annotation file (JSONL, CSV, or the dataset's own)")
+    p.add_argument("--out", required=True, help="output folder for the shards and ingest_report.json")
+    p.add_argument("--workers", type=int, default=None, help="probe processes (default: all cores)")
+    p.add_argument("--vq", help="optional .npz {id: int array (n_frames, h, w)} of visual-token ids (Violet MVM)")
+    p.add_argument("--min-frames", type=int, default=1, help="skip videos with fewer frames (default 1)")
+    p.add_argument("--probe-timeout", type=float, default=60.0, help="seconds per file before it counts as hung")
+    p.add_argument("--meta-fraction", type=float, default=0.0, help="fraction of train rows moved to split 'meta'")
+    p.add_argument("--answer-vocab-size", type=int, default=1000, help="top-K open-ended answers (default 1000)")
+    p.add_argument("--shard-mb", type=float, default=256, help="target shard size in MB of source (default 256)")
+    p.add_argument("--row-group-rows", type=int, default=None, help="clips per row group (default: ~16 MB)")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="also train a WordPiece vocab.txt of this size on the train texts (into --out)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow reading legacy pickles (trusted files only)")
+    p.add_argument("--opt", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="format option, e.g. --opt split_mode=9k --opt train_list=MSRVTT_train.9k.csv")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or summary table")
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    from .data.ingest import ingest
+
+    report = ingest(args.format, videos=args.videos, annotations=args.annotations, out=args.out,
+                    workers=args.workers, vq=args.vq, min_frames=args.min_frames,
+                    probe_timeout_s=args.probe_timeout, meta_fraction=args.meta_fraction,
+                    answer_vocab_size=args.answer_vocab_size, shard_bytes=int(args.shard_mb * 1e6),
+                    row_group_rows=args.row_group_rows, vocab_size=args.vocab_size,
+                    allow_pickle=args.allow_pickle, progress=not args.no_progress, **dict(args.opt))
+    if not args.no_progress:
+        from rich.console import Console
+        console = Console(stderr=True)
+        for row in report.skipped[:20]:
+            console.print(f"[yellow]skipped[/] {row['id']} ({row['video']}): {row['reason']}")
+        if len(report.skipped) > 20:
+            console.print(f"… {len(report.skipped) - 20} more in {args.out}/ingest_report.json")
+    return 0 if report.rows_written else 1
+
+
+# ---- entry point -------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meltr-ray", description="MELTR fine-tuning of video models on Ray")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (arguments, _, help_text) in SUBCOMMANDS.items():
+        arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen subcommand; returns its exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return SUBCOMMANDS[args.command][1](args)
+    except (FileNotFoundError, ValueError, PermissionError) as exc:
+        print(f"meltr-ray {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+register("ingest", ingest_arguments, run_ingest, "videos (or features) + annotations → Parquet shards")
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""``ingest`` / ``meltr-ray ingest``: real mp4s → shards; every bad input skipped, counted and reported."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from meltr_ray.cli import main
+from meltr_ray.data.ingest import REPORT_NAME, ingest
+from meltr_ray.data.schema import check_schema
+from meltr_ray.data.synthetic import make_synthetic_dataset, write_bad_videos
+
+from probe_hooks import hanging_probe
+
+BAD_REASONS = {"truncated": "not a readable video", "zero_length": "zero-length file",
+               "not_a_video": "not a readable video", "audio_only": "no video stream",
+               "too_short": "too short: 2 frames < min_frames 4", "missing": "missing file",
+               "hang": "probe timed out after 3 s", "unparsable_json": "unparsable annotation (line",
+               "unparsable_no_video": "unparsable annotation", "unparsable_answer": "unparsable annotation"}
+
+
+def read_ids(out: str) -> list[str]:
+    meta = json.load(open(os.path.join(out, "dataset.json")))
+    return [i for files in meta["splits"].values() for f in files
+            for i in pq.read_table(os.path.join(out, f), columns=["id"]).column("id").to_pylist()]
+
+
+@pytest.fixture(scope="module")
+def bad_ingest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ingest")
+    ann = make_synthetic_dataset(str(root), num_videos=6, num_frames=10, size=64)
+    videos = str(root / "videos")
+    files = write_bad_videos(videos, os.path.join(videos, "clip0000.mp4"), short_frames=2)
+    shutil.copy(os.path.join(videos, "clip0001.mp4"), os.path.join(videos, "clip_hang.mp4"))
+    files["hang"] = "clip_hang.mp4"
+    with open(ann, "a") as f:
+        for kind, name in files.items():
+            f.write(json.dumps({"id": f"bad_{kind}", "video": name, "text": "a bad clip"}) + "\n")
+        f.write('{"id": "bad_unparsable_json", "video": "clip0002.mp4", "text": \n')
+        f.write(json.dumps({"id": "bad_unparsable_no_video", "text": "no video"}) + "\n")
+        f.write(json.dumps({"id": "bad_unparsable_answer", "video": "clip0003.mp4", "question": "q?",
+                            "options": ["a", "b"], "answer": 7}) + "\n")
+    out = str(root / "shards")
+    report = ingest("jsonl", videos=videos, annotations=ann, out=out, workers=2, min_frames=4,
+                    probe_timeout_s=3, probe_fn=hanging_probe, progress=False, vq=str(root / "vq.npz"))
+    return report, out
+
+
+def test_good_rows_all_written_once(bad_ingest):
+    report, out = bad_ingest
+    assert report.rows_written == 6
+    assert sorted(read_ids(out)) == [f"clip{i:04d}" for i in range(6)]
+    saved = json.load(open(os.path.join(out, REPORT_NAME)))
+    assert saved["rows_written"] == 6 and saved["skipped_count"] == len(BAD_REASONS)
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_REASONS))
+def test_each_bad_kind_is_skipped_with_id_and_reason(bad_ingest, kind):
+    report, out = bad_ingest
+    saved = {s["id"]: s for s in json.load(open(os.path.join(out, REPORT_NAME)))["skipped"]}
+    entry = saved[f"bad_{kind}"] if kind != "unparsable_json" else next(
+        s for s in saved.values() if s["reason"].startswith("unparsable annotation (line"))
+    assert entry["reason"].startswith(BAD_REASONS[kind]), entry
+    assert set(entry) == {"id", "video", "reason"}
+    if kind in ("truncated", "missing", "hang", "audio_only"):
+        assert entry["video"].endswith(".mp4")
+
+
+def test_shards_hold_the_schema_and_probe_metadata(bad_ingest):
+    _, out = bad_ingest
+    meta = json.load(open(os.path.join(out, "dataset.json")))
+    table = pq.read_table(os.path.join(out, meta["splits"]["train"][0]))
+    check_schema(table.schema)
+    row = table.slice(0, 1).to_pylist()[0]
+    assert row["codec"] == "h264" and row["width"] == row["height"] == 64 and row["fps"] == 16.0
+    assert len(row["vq_ids"]) == row["n_frames"] * 4 and row["vq_h"] == 2 and meta["vq_grid"] == [2, 2]
+    assert row["video_bytes"][4:8] == b"ftyp" and len(row["questions"]) == 2
+
+
+@pytest.fixture()
+def small(tmp_path):
+    ann = make_synthetic_dataset(str(tmp_path), num_videos=5, num_frames=8, size=32)
+    return tmp_path, ann
+
+
+def test_rerun_reuses_shards_and_never_duplicates(small):
+    root, ann = small
+    out = str(root / "out")
+    kw = dict(videos=str(root / "videos"), annotations=ann, out=out, workers=1, progress=False)
+    first = ingest("jsonl", **kw)
+    again = ingest("jsonl", **kw)
+    assert again.shards_reused == len(first.shards) and again.rows_written == first.rows_written == 5
+    lines = open(ann).read().splitlines()
+    extra = json.loads(lines[0])
+    extra.update(id="clip_extra", split="train")
+    open(ann, "a").write(json.dumps(extra) + "\n")
+    third = ingest("jsonl", **kw)
+    assert third.rows_written == 6 and sorted(read_ids(out)) == sorted([f"clip{i:04d}" for i in range(5)] +
+                                                                       ["clip_extra"])
+    assert third.shards_reused == len(first.shards) - 1          # only the train shard was rewritten
+
+
+def test_meta_split_and_vocab(small):
+    root, ann = small
+    out = str(root / "out2")
+    report = ingest("jsonl", videos=str(root / "videos"), annotations=ann, out=out, workers=1, progress=False,
+                    meta_fraction=0.5, vocab_size=100)
+    meta = json.load(open(os.path.join(out, "dataset.json")))
+    assert "meta" in meta["splits"] and report.rows_written == 5
+    assert open(os.path.join(out, "vocab.txt")).read().split("\n")[:3] == ["[PAD]", "[UNK]", "[CLS]"]
+
+
+def test_cli_ingest(small, capsys):
+    root, ann = small
+    out = str(root / "cli")
+    rc = main(["ingest", "--format", "jsonl", "--videos", str(root / "videos"), "--annotations", ann, "--out", out,
+               "--workers", "1"])
+    assert rc == 0
+    assert json.load(open(os.path.join(out, REPORT_NAME)))["rows_written"] == 5
+    assert "rows written" in capsys.readouterr().err
+    assert main(["ingest", "--annotations", str(root / "none.jsonl"), "--out", out, "--no-progress"]) == 2
