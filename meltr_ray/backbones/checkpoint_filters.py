@@ -140,9 +140,13 @@ def _check_keys(state: dict, model_state: dict, head_names: dict, report: LoadRe
     required = [k for k in missing if not k.startswith(heads) and not k.endswith("relative_position_index")]
     if required:
         raise ValueError(f"{len(required)} backbone key(s) missing from the checkpoint, e.g. {required[:5]}")
+    recomputed = [k for k in missing if k.endswith("relative_position_index")]
+    if recomputed:
+        report.notes.append(f"{len(recomputed)} Swin relative_position_index buffers not in the checkpoint: "
+                            f"recomputed from the window size")
     for key in missing:
-        report.initialised[key] = ("recomputed from the window size" if key.endswith("relative_position_index")
-                                   else "not in the checkpoint: starts fresh")
+        if key not in recomputed:
+            report.initialised[key] = "not in the checkpoint: starts fresh"
 
 
 def filter_violet_state_dict(state: dict, model, source: str = "<state dict>") -> tuple[dict, LoadReport]:

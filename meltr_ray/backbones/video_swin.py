@@ -92,7 +92,7 @@ class WindowAttention3D(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.attn_drop, self.proj_drop = nn.Dropout(attn_drop), nn.Dropout(proj_drop)
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        nn.init.normal_(self.relative_position_bias_table, std=0.02)
         self._index_cache: dict = {}
 
     def _bias(self, window) -> torch.Tensor:
@@ -237,8 +237,10 @@ class SwinTransformer3D(nn.Module):
 
 
 def _init_weights(module: nn.Module) -> None:
+    """Video Swin's init. Its ``trunc_normal_(std=0.02)`` cuts at ±2 absolute (100σ), i.e. it *is* N(0, 0.02²);
+    plain ``normal_`` gives the same distribution several times faster on CPU."""
     if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
+        nn.init.normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):

@@ -1,0 +1,182 @@
+"""violet_tiny: losses per task, gradients, hypergradient, masking, evaluation and bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+from _violet_common import CLASSES, CLS, MASK, SEP, make_batch, tiny
+
+from meltr_ray.backbones import create_backbone, list_backbones
+from meltr_ray.backbones.violet import TASK_LOSSES
+from meltr_ray.backbones.violet_masking import (color_vq_ids, mask_text, mvm_labels, sample_video_blocks,
+                                                zero_patches)
+from meltr_ray.hypergrad import hypergradient, select_scope
+from meltr_ray.meltr import MELTR, stack_losses
+
+TASKS = sorted(TASK_LOSSES)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {task: tiny(task) for task in TASKS}
+
+
+def test_registry_has_both_variants():
+    assert {"violet_base", "violet_tiny"} <= set(list_backbones("violet*"))
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_forward_returns_exactly_the_task_losses_in_meltr_order(models, task):
+    model = models[task]
+    losses = model(make_batch(task))
+    assert list(losses) == list(TASK_LOSSES[task]) == model.task_names
+    assert model.primary_task == model.task_names[0]
+    for name, value in losses.items():
+        assert value.dim() == 0 and torch.isfinite(value), name
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_tasks_subset_gives_the_primary_loss_alone(models, task):
+    model = models[task]
+    assert list(model(make_batch(task), tasks=[model.primary_task])) == [model.primary_task]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_backward_reaches_every_trainable_parameter(models, task):
+    model = models[task]
+    model.zero_grad(set_to_none=True)
+    sum(model(make_batch(task)).values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_hypergradient_runs_on_the_default_scope(models, task):
+    """Double backward through the scoped layers (eager attention), K = 1 Neumann step."""
+    model = models[task]
+    combiner = MELTR(len(model.task_names), d_model=32, d_ffn=32, d_scale=16, n_heads=4)
+    scope = select_scope(model, model.default_meta_scope)
+    assert 0 < sum(p.numel() for p in scope) < sum(p.numel() for p in model.parameters())
+    batch = make_batch(task)
+    outer = model(batch, tasks=[model.primary_task])[model.primary_task]
+    inner = combiner(stack_losses(model(batch), model.task_names))
+    grads = hypergradient(outer, inner, scope, list(combiner.parameters()), neumann_steps=1, neumann_lr=1e-3)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_primary_loss_sees_clean_frames(task):
+    """B-V2 fixed: in eval mode the primary loss does not depend on the random masks of the other losses."""
+    model = tiny(task).eval()
+    batch = make_batch(task, size=64)        # a 2×2 token grid, so the random blocks differ between calls
+    alone = model(batch, tasks=[model.primary_task])[model.primary_task]
+    with_aux = model(batch)[model.primary_task]
+    torch.testing.assert_close(alone, with_aux)
+    faithful = tiny(task, masked_primary=True).eval()
+    a, b = (faithful(batch, tasks=[model.primary_task])[model.primary_task] for _ in range(2))
+    assert not torch.equal(a, b)                     # official behaviour: masked frames, different each call
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_evaluate_counts_every_example(models, task):
+    batches = [make_batch(task, batch=3, seed=1), make_batch(task, batch=2, seed=2)]   # uneven last batch
+    metrics = models[task].evaluate(batches)
+    if task == "retrieval":
+        assert set(metrics) == {"r1", "r5", "r10", "medr", "mnr"}
+        assert 1 <= metrics["medr"] <= 5 and metrics["r5"] == 100.0
+    else:
+        assert set(metrics) == {"accuracy"}
+        assert any(abs(metrics["accuracy"] - 100 * k / 5) < 1e-9 for k in range(6))
+
+
+def test_retrieval_evaluation_ranks_unique_videos(models):
+    """Two captions of one video: the score matrix has one column per unique video id."""
+    batch = make_batch("retrieval", batch=3)
+    batch["video_id"] = ["a", "a", "b"]
+    batch["frames"][1] = batch["frames"][0]
+    metrics = models["retrieval"].evaluate([batch])
+    assert metrics["r5"] == 100.0 and metrics["mnr"] <= 2
+
+
+# ---- masking ------------------------------------------------------------------------------------------
+def test_mtm_masks_only_real_tokens_and_every_option_row():
+    batch = make_batch("qa_mc", batch=4, length=10)
+    ids, attention = batch["text_ids"], batch["text_mask"]
+    masked, labels = mask_text(ids, attention, (0, CLS, SEP), MASK, 0.15, torch.Generator().manual_seed(0))
+    chosen = labels >= 0
+    assert chosen.any(-1).all()                               # per option row, at least one token
+    assert not chosen[(ids == CLS) | (ids == SEP) | (attention == 0)].any()
+    assert torch.equal(masked[chosen], torch.full_like(masked[chosen], MASK))
+    assert torch.equal(labels[chosen], ids[chosen]) and torch.equal(masked[~chosen], ids[~chosen])
+    again = mask_text(ids, attention, (0, CLS, SEP), MASK, 0.15, torch.Generator().manual_seed(0))
+    assert torch.equal(again[1], labels)                      # deterministic given the generator
+
+
+def test_mvm_blocks_labels_and_zeroed_patches():
+    g = torch.Generator().manual_seed(0)
+    blocks = sample_video_blocks(2, 4, 2, 3, g)
+    assert blocks.view(2, -1).any(1).all()
+    vq = torch.randint(0, 50, (2, 4, 2, 3))
+    labels = mvm_labels(vq, blocks)
+    assert labels.shape == (2, 4 * (1 + 6))
+    per_frame = labels.view(2, 4, 7)
+    assert (per_frame[:, :, 0] == -1).all()                    # each frame's [CLS]
+    assert torch.equal(per_frame[:, :, 1:][blocks.view(2, 4, 6)], vq.view(2, 4, 6)[blocks.view(2, 4, 6)])
+    frames = torch.rand(2, 4, 3, 64, 96) + 0.1
+    out = zero_patches(frames, blocks)
+    t, i, j = blocks[0].nonzero()[0].tolist()
+    assert (out[0, t, :, 32 * i:32 * i + 32, 32 * j:32 * j + 32] == 0).all()
+    assert torch.equal(out[~blocks.repeat_interleave(32, 2).repeat_interleave(32, 3).unsqueeze(2)
+                           .expand_as(out)], frames[~blocks.repeat_interleave(32, 2).repeat_interleave(32, 3)
+                                                    .unsqueeze(2).expand_as(frames)])
+
+
+def test_color_targets_cover_the_patch_grid():
+    ids = color_vq_ids(torch.rand(2, 3, 3, 64, 32))
+    assert ids.shape == (2, 3, 2, 1) and int(ids.max()) < 512 and int(ids.min()) >= 0
+
+
+# ---- bad input ----------------------------------------------------------------------------------------
+def test_missing_vq_ids_says_how_to_produce_them(models):
+    batch = make_batch("retrieval")
+    del batch["vq_ids"]
+    with pytest.raises(ValueError, match="vq_ids"):
+        models["retrieval"](batch)
+    assert list(models["retrieval"](batch, tasks=["vtm", "mtm"])) == ["vtm", "mtm"]    # no MVM, no targets
+    assert "mvm" in tiny("action", mvm_targets="color", mvm_vocab=512)(batch)
+
+
+def test_too_many_frames_names_the_count(models):
+    with pytest.raises(ValueError, match="7 frames"):
+        models["action"](make_batch("action", frames=7))
+
+
+def test_image_size_not_multiple_of_32(models):
+    with pytest.raises(ValueError, match="48x48"):
+        models["action"](make_batch("action", size=48))
+
+
+def test_text_longer_than_the_position_table(models):
+    with pytest.raises(ValueError, match="text length 65"):
+        models["qa_oe"](make_batch("qa_oe", length=65))
+
+
+def test_unknown_task_override_and_loss():
+    with pytest.raises(ValueError, match="'captioning'"):
+        create_backbone("violet_tiny", task="captioning")
+    with pytest.raises(ValueError, match="'depth'"):
+        create_backbone("violet_tiny", task="retrieval", depth=3)
+    with pytest.raises(ValueError, match="'mc'"):
+        tiny("retrieval")(make_batch("retrieval"), tasks=["mc"])
+
+
+def test_out_of_range_label_names_the_field(models):
+    batch = make_batch("action")
+    batch["label"][0] = CLASSES
+    with pytest.raises(ValueError, match="label"):
+        models["action"](batch)
+
+
+def test_num_answers_alias_sets_the_answer_head():
+    model = tiny("qa_oe", num_answers=11)
+    assert model.fc_oe[3].out_features == 11 and model.cfg.size_vocab == 11
