@@ -6,7 +6,6 @@ import os
 import sys
 import time
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 

@@ -138,8 +138,9 @@ def _parse_line(text, n: int, parse) -> dict | Skip:
         line = parse(text)
         return record_from_line(line)
     except (ValueError, TypeError, KeyError) as exc:
-        row_id = str(line.get("id") or line.get("video") or f"line {n}") if isinstance(line, dict) else f"line {n}"
         video = str(line.get("video") or "") if isinstance(line, dict) else ""
+        row_id = str(line.get("id") or os.path.splitext(video)[0] or f"line {n}") if isinstance(line, dict) \
+            else f"line {n}"
         return Skip(row_id, video, f"unparsable annotation (line {n}): {exc}")
 
 

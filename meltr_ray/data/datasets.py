@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from typing import Iterator
 
 import numpy as np

@@ -18,7 +18,7 @@ import os
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
