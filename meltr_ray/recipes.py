@@ -141,11 +141,12 @@ def violet_demo() -> JobConfig:
         name="violet_demo",
         backbone=BackboneConfig(name="violet_tiny", task="retrieval", overrides=dict(
             vocab_size=1000, pad_token_id=0, cls_token_id=2, sep_token_id=3, mask_token_id=4)),
-        meltr=MeltrConfig(combiner="meltr", preset=None, d_model=64, d_ffn=64, d_scale=32),
+        meltr=MeltrConfig(combiner="meltr", preset=None, d_model=64, d_ffn=64, d_scale=32, n_heads=4),
         meta=MetaConfig(reg_weight=0.1, neumann_steps=1, scope="default", meta_every=3, clip_norm=12.0),
         optim=OptimConfig(backbone_lr=3e-4, meltr_lr=1e-3, optimizer="adamw", backbone_weight_decay=1e-4,
                           meltr_weight_decay=1e-4, schedule="linear"),
-        train=TrainConfig(epochs=3, batch_size=8, eval_batch_size=16, log_every=5),
+        train=TrainConfig(epochs=3, batch_size=8, eval_batch_size=16, log_every=2),
         data=DataConfig(train_split="train", val_split="val", num_frames=4, image_size=64, max_text_len=16),
-        cluster=ClusterConfig(num_workers=1, use_gpu=False, cpus_per_worker=1.0),
+        cluster=ClusterConfig(num_workers=2, use_gpu=False, cpus_per_worker=0.5, max_failures=1,
+                              checkpoints_to_keep=1),
     )

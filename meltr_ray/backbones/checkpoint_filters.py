@@ -122,11 +122,11 @@ def _map_heads(state: dict, head_names: dict, task: str, reuse_vtm: bool, report
     return out
 
 
-def _check_keys(state: dict, model_state: dict, head_names: dict, report: LoadReport) -> None:
-    unknown = sorted(k for k in state if k not in model_state)
-    if unknown:
-        raise ValueError(f"{len(unknown)} checkpoint key(s) match nothing in the model, e.g. {unknown[:5]}")
+def _check_shapes(state: dict, model_state: dict) -> None:
+    """Every checkpoint tensor the model also has must match its shape (and the Swin index its values)."""
     for key, value in state.items():
+        if key not in model_state:
+            continue
         if tuple(value.shape) != tuple(model_state[key].shape):
             hint = next((f" (set the {o} override to match)" for p, o in SHAPE_HINTS.items()
                          if key.startswith(p)), "")
@@ -135,6 +135,13 @@ def _check_keys(state: dict, model_state: dict, head_names: dict, report: LoadRe
         if key.endswith("relative_position_index") and not torch.equal(value.long(), model_state[key]):
             raise ValueError(f"{key} differs from the index of the model's window: the checkpoint was built "
                              f"with another Swin window size")
+
+
+def _check_coverage(state: dict, model_state: dict, head_names: dict, report: LoadReport) -> None:
+    """No unknown checkpoint key, no missing backbone key; heads the checkpoint lacks start fresh."""
+    unknown = sorted(k for k in state if k not in model_state)
+    if unknown:
+        raise ValueError(f"{len(unknown)} checkpoint key(s) match nothing in the model, e.g. {unknown[:5]}")
     heads = tuple(name + "." for name in head_names.values())
     missing = [k for k in model_state if k not in state]
     required = [k for k in missing if not k.startswith(heads) and not k.endswith("relative_position_index")]
@@ -157,7 +164,8 @@ def filter_violet_state_dict(state: dict, model, source: str = "<state dict>") -
     _retie_mtm_bias(state, report)
     state = _map_heads(state, model.head_names, model.task, model.cfg.reuse_pretrained_vtm, report)
     model_state = model.state_dict()
-    _check_keys(state, model_state, model.head_names, report)
+    _check_shapes(state, model_state)
+    _check_coverage(state, model_state, model.head_names, report)
     report.loaded = [k for k in model_state if k in state]
     return {**model_state, **state}, report
 

@@ -69,8 +69,10 @@ def _vq_ids(m, frames: torch.Tensor, batch) -> torch.Tensor:
     if tuple(vq.shape) != expected:
         raise ValueError(f"batch['vq_ids'] has shape {tuple(vq.shape)}, expected {expected} "
                          f"(B, T, H/{stride}, W/{stride}) for frames of shape {tuple(batch['frames'].shape)}")
-    if int(vq.max()) >= m.cfg.mvm_vocab or int(vq.min()) < 0:
-        raise ValueError(f"batch['vq_ids'] must lie in [0, {m.cfg.mvm_vocab}) (mvm_vocab)")
+    # −1 marks a row the shards hold no codes for (the data layer's filler): those cells carry no MVM loss
+    if int(vq.max()) >= m.cfg.mvm_vocab or int(vq.min()) < -1:
+        raise ValueError(f"batch['vq_ids'] must lie in [0, {m.cfg.mvm_vocab}) (mvm_vocab) or be -1 (no code), "
+                         f"got [{int(vq.min())}, {int(vq.max())}]")
     return vq.to(m.device)
 
 
