@@ -75,14 +75,15 @@ def tune(backbone: str = "violet", task: str = "retrieval", data: str | None = N
          overrides: dict | None = None, storage_path: str | None = None, *, name: str | None = None,
          searcher: str | None = None, seed: int = 0, epochs: int | None = None, num_workers: int | None = None,
          use_gpu: bool | None = None, plugins=None, data_factory: str | None = None,
-         address: str | None = None, progress: bool = True):
+         address: str | None = None, progress: bool = True, callbacks=()):
     """Search γ (reg_weight), α (backbone_lr), β (meltr_lr), K (neumann_steps) and meta_every with Ray Tune.
 
     ``space``: a :class:`~meltr_ray.spaces.SearchSpace`, a YAML path or a name in ``tune_spaces/``; default:
     the file for the backbone family and task. ``searcher``: ``hyperopt`` (TPE) or ``random`` (smoke runs).
     ``plugins`` are modules imported on every worker (extra backbones); ``data_factory``
     (``"module:function"``, ``f(cfg, trial) -> TrialData``) replaces the Parquet pipeline. Returns Ray's
-    ``ResultGrid``; the best trial's checkpoint is ``result.metrics["checkpoint_path"]``.
+    ``ResultGrid``; the best trial's checkpoint is ``result.metrics["checkpoint_path"]``. ``callbacks``: extra
+    ``ray.tune.Callback`` objects (a rich live table of trials is added when ``progress``).
     """
     from .spaces import SearchSpace, load_space, space_for
     cfg, demo = job_config(backbone, task, data, pretrained=pretrained, recipe=recipe, overrides=overrides,
@@ -98,7 +99,9 @@ def tune(backbone: str = "violet", task: str = "retrieval", data: str | None = N
     from .cluster.progress import LiveTrialTable
     from .cluster.tuner import run_tune
     name = name or f"{cfg.name}-tune-{time.strftime('%Y%m%d-%H%M%S')}"
-    callbacks = [LiveTrialTable(search.metric, search.mode, search.params, cfg.train.epochs)] if progress else []
+    callbacks = list(callbacks)
+    if progress:
+        callbacks.append(LiveTrialTable(search.metric, search.mode, search.params, cfg.train.epochs))
     return run_tune(cfg, search, name=name, storage_path=cfg.cluster.storage_path,
                     runtime=_runtime(plugins, data_factory), num_samples=num_samples, searcher=searcher,
                     seed=seed, callbacks=callbacks, verbose=0 if progress else 1)

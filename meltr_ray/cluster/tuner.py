@@ -68,7 +68,7 @@ def run_tune(cfg: JobConfig, space: SearchSpace, *, name: str, storage_path: str
         param_space=full_param_space(space, cfg, runtime),
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, num_samples=num_samples, max_concurrent_trials=max_concurrent,
-            search_alg=make_searcher(space, searcher, seed=seed), scheduler=make_scheduler(space, cfg.train.epochs)),
+            search_alg=make_searcher(space, searcher, seed=seed, max_concurrent=max_concurrent), scheduler=make_scheduler(space, cfg.train.epochs)),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=list(callbacks), verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=cfg.cluster.trial_max_failures)))

@@ -3,19 +3,22 @@
 ``toy_ray`` is :class:`tests.toy_models.ToyMultiTask` registered in the backbone registry; ``toy_data`` is a data
 factory serving deterministic in-memory batches. Crash simulation (worker killed mid-trial): when the job's
 ``backbone.overrides`` hold ``crash_marker`` (a file path) and ``crash_epoch``, rank 0 kills its own process
-with SIGKILL at the start of that training epoch — once: it writes the marker first.
+with SIGKILL at the start of that training epoch — once: it writes the marker first. ``epoch_log`` (a file
+path) records ``trial epoch`` for every training epoch that starts on rank 0.
 """
 from __future__ import annotations
 
 import os
 import signal
 
+from ray import tune
+
 from meltr_ray.backbones import register_backbone
 from meltr_ray.backbones._registry import _REGISTRY
 from meltr_ray.cluster.worker import TrialData
 from tests.toy_models import ToyMultiTask, toy_batches
 
-CRASH_KEYS = ("crash_marker", "crash_epoch")
+CRASH_KEYS = ("crash_marker", "crash_epoch", "epoch_log")
 STEPS_PER_EPOCH = 4
 
 
@@ -34,10 +37,14 @@ if "toy_ray" not in _REGISTRY:
 class ToyBatches:
     """``local_batches(split, epoch, rank, world_size)``: a different deterministic set per split/epoch/rank."""
 
-    def __init__(self, steps: int = STEPS_PER_EPOCH, crash_marker: str | None = None, crash_epoch: int = -1):
+    def __init__(self, steps: int = STEPS_PER_EPOCH, crash_marker: str | None = None, crash_epoch: int = -1,
+                 epoch_log: str | None = None, trial: str = ""):
         self.steps, self.crash_marker, self.crash_epoch = steps, crash_marker, crash_epoch
+        self.epoch_log, self.trial = epoch_log, trial
 
     def __call__(self, split: str, epoch: int, rank: int, world_size: int):
+        if split == "train" and rank == 0:
+            log_epoch(self.epoch_log, self.trial, epoch)
         if split == "train" and epoch == self.crash_epoch and rank == 0 and self.crash_marker \
                 and not os.path.exists(self.crash_marker):
             with open(self.crash_marker, "w") as f:
@@ -50,5 +57,28 @@ class ToyBatches:
 def toy_data(cfg, trial: str) -> TrialData:
     """Data factory: in-memory toy batches for the train and val splits."""
     crash = {k: cfg.backbone.overrides[k] for k in CRASH_KEYS if k in (cfg.backbone.overrides or {})}
-    return TrialData(local_batches=ToyBatches(**crash), local_splits=("train", "val"),
+    return TrialData(local_batches=ToyBatches(**crash, trial=trial), local_splits=("train", "val"),
                      steps_per_epoch=STEPS_PER_EPOCH)
+
+
+def log_epoch(path: str | None, trial: str, epoch: int) -> None:
+    """Append ``trial epoch`` to ``path`` (rank 0, start of each training epoch): which epochs really ran."""
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{trial} {epoch}\n")
+
+
+class KillDriverOnResult(tune.Callback):
+    """Tune callback: SIGKILL the ``tuner.fit()`` process at the first result of the ``nth`` trial — once (the
+    marker file stops it from firing again if Tune restores the callback with the experiment)."""
+
+    def __init__(self, marker: str, nth: int = 2):
+        self.marker, self.nth, self.seen = marker, nth, []
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if trial.trial_id not in self.seen:
+            self.seen.append(trial.trial_id)
+        if len(self.seen) >= self.nth and not os.path.exists(self.marker):
+            with open(self.marker, "w") as f:
+                f.write(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
