@@ -90,5 +90,15 @@ def main(argv: list[str] | None = None) -> int:
 
 register("ingest", ingest_arguments, run_ingest, "videos (or features) + annotations → Parquet shards")
 
+# ---- Ray Train / Tune layer (options and runners live in meltr_ray/launch.py) ---------------------------------
+from . import launch as _launch  # noqa: E402  (light: argparse + yaml only)
+
+register("train", _launch.job_arguments, _launch.run_train, "one MELTR fine-tuning run on Ray Train")
+register("tune", _launch.tune_arguments, _launch.run_tune, "search γ, α, β, K and meta_every with Ray Tune")
+register("inspect", _launch.inspect_arguments, _launch.run_inspect,
+         "plot what MELTR learned from a checkpoint (supplementary Fig. 1 and Fig. 3)")
+register("demo", _launch.demo_arguments, _launch.run_demo,
+         "the embedded demo: synthetic videos → shards → violet_tiny search on CPU")
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,7 +23,7 @@ BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()
 
 
 def check_backbone(cfg: JobConfig) -> list[str]:
-    """Build the backbone on the ``meta`` device (no memory, no weights) to check name and task.
+    """Build the backbone (without its pretrained weights) to check name, task and overrides.
 
     Returns its task names (MELTR's inputs).
     """
@@ -34,11 +34,19 @@ def check_backbone(cfg: JobConfig) -> list[str]:
             and not Path(cfg.backbone.pretrained).exists():
         raise ValueError(f"pretrained checkpoint {cfg.backbone.pretrained!r} (backbone.pretrained) does not exist")
     try:
-        with torch.device("meta"):
-            model = create_backbone(name, task=task, **(cfg.backbone.overrides or {}))
+        model = _build_cheaply(name, task, cfg.backbone.overrides or {})
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"backbone {name!r} cannot be built for task {task!r} (backbone.task): {err}") from None
     return list(model.task_names)
+
+
+def _build_cheaply(name: str, task: str, overrides: dict):
+    """On the ``meta`` device when the family's init allows it (no memory), else on the CPU (no weights)."""
+    try:
+        with torch.device("meta"):
+            return create_backbone(name, task=task, **overrides)
+    except (NotImplementedError, RuntimeError):
+        return create_backbone(name, task=task, **overrides)
 
 
 def check_data_path(path: str | None) -> None:

@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""Tune MELTR for video question answering on Ray (Violet on TGIF-QA / MSVD-QA shards), ranked by accuracy.
+
+    ray submit --tmux cluster.yaml launchers/tune_qa.py -- \\
+        --data s3://BUCKET/msvd_qa_shards --vocab /home/ubuntu/meltr_ray/vocab.txt \\
+        --pretrained /home/ubuntu/ckpt_violet_pretrain.pt --storage s3://BUCKET/meltr_results
+"""
+import sys
+
+from meltr_ray.launch import tune_main
+
+if __name__ == "__main__":
+    if "--data" not in sys.argv and "--restore" not in sys.argv:
+        sys.exit("tune_qa.py needs --data (Parquet shards from `meltr-ray ingest --format msvd-qa ...`); "
+                 "the embedded demo is launchers/tune_retrieval.py")
+    sys.exit(tune_main("qa", description=__doc__.split("\n\n")[0]))
