@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Callable
 
 import numpy as np
@@ -88,9 +89,13 @@ def bad_row_summary(name: str = BAD_ROW_LOG) -> dict:
 class DecodeSamples:
     """Ray Data class UDF: a batch of shard rows → a batch of samples (see the module docstring)."""
 
-    def __init__(self, *, split: str, log=None, on_bad_row: Callable | None = None, **builder_kwargs):
+    def __init__(self, *, split: str, log=None, on_bad_row: Callable | None = None, seed: int | None = None,
+                 **builder_kwargs):
         self.split, self.hook, self.log = split, on_bad_row, log
-        self.builder = SampleBuilder(on_bad_row=self._report, **builder_kwargs)
+        # Ray re-creates the actors every epoch: a fixed seed alone would repeat the same "random" frames each
+        # epoch and in every actor, so it is mixed with the process and the clock (no run-level reproducibility)
+        mixed = None if seed is None else [seed, os.getpid(), time.time_ns()]
+        self.builder = SampleBuilder(on_bad_row=self._report, seed=mixed, **builder_kwargs)
 
     def _report(self, row_id: str, video_id: str, reason: str) -> None:
         if self.log is not None:

@@ -271,11 +271,27 @@ def _write_metadata(out: str, records: list[dict], report: IngestReport, vocab: 
     feature_dim = next((int(np.asarray(r["features"]).shape[1]) for r in records
                         if r.get("features") is not None), 0)
     meta = {"schema_version": SCHEMA_VERSION, "modality": "features" if feature_dim else "video",
-            "splits": dict(splits), "rows": dict(rows), "vq_grid": grid, "feature_dim": feature_dim,
-            "answer_vocab": VOCAB_NAME}
+            "splits": dict(splits), "rows": dict(rows), "items": text_item_counts(records, report),
+            "vq_grid": grid, "feature_dim": feature_dim, "answer_vocab": VOCAB_NAME}
     for name, obj in ((DATASET_NAME, meta), (VOCAB_NAME, vocab), (REPORT_NAME, report.to_dict())):
         with open(os.path.join(out, name), "w") as f:
             json.dump(obj, f, indent=1)
+
+
+def text_item_counts(records: list[dict], report: IngestReport) -> dict:
+    """Per split, how many samples each task yields per epoch (for steps_per_epoch): written rows only."""
+    skipped = {s["id"] for s in report.skipped}
+    counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for rec in records:
+        if rec["id"] in skipped:
+            continue
+        c = counts[rec["split"]]
+        c["captions"] += len(rec["captions"])
+        c["qa_mc"] += sum(1 for o, a in zip(rec["options"], rec["answers"]) if o and a >= 0)
+        c["qa_oe"] += sum(1 for t in rec["answer_texts"] if t)
+        c["labels"] += rec.get("label", -1) >= 0
+        c["scores"] += rec.get("score") is not None
+    return {split: dict(c) for split, c in counts.items()}
 
 
 def summary_table(report: IngestReport):

@@ -31,7 +31,7 @@ from .video import DecodeError, describe_error, get_decoder, sample_clip
 log = logging.getLogger(__name__)
 
 TEXT_TASKS = ("retrieval", "captioning", "pretrain")
-TASKS = TEXT_TASKS + ("qa_mc", "qa_oe", "classification", "sentiment")
+TASKS = TEXT_TASKS + ("qa_mc", "qa_oe", "classification", "action", "sentiment")   # action = classification
 
 # shard columns the builder reads (the pipeline selects only these)
 VIDEO_COLUMNS = ["id", "video_id", "video_bytes", "n_frames", "fps", "width", "height", "clip_start", "clip_end"]
@@ -59,7 +59,7 @@ def text_items(row: dict, task: str) -> list[dict]:
                     for q, o, a, _ in qs if o is not None and len(o) and a >= 0]
         return [{"text": str(q), "answer_text": str(t)} for q, _, _, t in qs if t]
     first = str((_list(row, "captions") or [""])[0])
-    if task == "classification":
+    if task in ("classification", "action"):
         label = row.get("label")
         return [{"text": first, "label": int(label)}] if label is not None and label >= 0 else []
     if task == "sentiment":
@@ -87,7 +87,7 @@ class SampleBuilder:
                  resize_mode: str = "stretch", min_frames: int = 1, decoder="decord", modality: str = "video",
                  vq_grid: tuple[int, int] | None = None, feature_dim: int = 0, num_options: int = 5, answer_vocab: list[str] | None = None,
                  text_mode: str = "all", max_feature_frames: int = 48, decode_timeout_s: float | None = 60.0,
-                 seed: int | None = None, on_bad_row: BadRowHook | None = None):
+                 seed: "int | list[int] | None" = None, on_bad_row: BadRowHook | None = None):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; known: {TASKS}")
         if text_mode not in ("all", "random"):
@@ -241,7 +241,8 @@ class SampleBuilder:
             out["text_ids"], out["text_mask"] = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
             if self.task == "qa_mc":
                 out["option_mask"] = np.zeros((0, o), np.int64)
-        key = {"qa_mc": "answer", "qa_oe": "answer", "classification": "label", "sentiment": "score"}.get(self.task)
+        key = {"qa_mc": "answer", "qa_oe": "answer", "classification": "label", "action": "label",
+               "sentiment": "score"}.get(self.task)
         if key:
             out[key] = np.zeros((0,), np.float32 if key == "score" else np.int64)
         return out

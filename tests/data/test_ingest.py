@@ -103,22 +103,14 @@ def test_rerun_reuses_shards_and_never_duplicates(small):
     assert third.shards_reused == len(first.shards) - 1          # only the train shard was rewritten
 
 
-def test_meta_split_and_vocab(small):
-    root, ann = small
-    out = str(root / "out2")
-    report = ingest("jsonl", videos=str(root / "videos"), annotations=ann, out=out, workers=1, progress=False,
-                    meta_fraction=0.5, vocab_size=100)
-    meta = json.load(open(os.path.join(out, "dataset.json")))
-    assert "meta" in meta["splits"] and report.rows_written == 5
-    assert open(os.path.join(out, "vocab.txt")).read().split("\n")[:3] == ["[PAD]", "[UNK]", "[CLS]"]
-
-
 def test_cli_ingest(small, capsys):
     root, ann = small
     out = str(root / "cli")
     rc = main(["ingest", "--format", "jsonl", "--videos", str(root / "videos"), "--annotations", ann, "--out", out,
-               "--workers", "1"])
+               "--workers", "1", "--meta-fraction", "0.5", "--vocab-size", "100"])
     assert rc == 0
     assert json.load(open(os.path.join(out, REPORT_NAME)))["rows_written"] == 5
     assert "rows written" in capsys.readouterr().err
+    assert "meta" in json.load(open(os.path.join(out, "dataset.json")))["splits"]
+    assert open(os.path.join(out, "vocab.txt")).read().split("\n")[:3] == ["[PAD]", "[UNK]", "[CLS]"]
     assert main(["ingest", "--annotations", str(root / "none.jsonl"), "--out", out, "--no-progress"]) == 2
