@@ -47,7 +47,8 @@ def job_config(backbone: str = "violet", task: str = "retrieval", data: str | No
     return cfg.validate(), demo
 
 
-def _prepare(cfg: JobConfig, demo: bool, address: str | None, plugins=(), has_factory: bool = False) -> JobConfig:
+def _prepare(cfg: JobConfig, demo: bool, address: str | None, plugins=(), has_factory: bool = False,
+             quiet: bool = False) -> JobConfig:
     """Demo data, preflight checks that need no cluster, then Ray. Returns the config with final paths."""
     from .cluster import preflight
     from .cluster.session import ensure_ray
@@ -59,10 +60,11 @@ def _prepare(cfg: JobConfig, demo: bool, address: str | None, plugins=(), has_fa
     if demo:
         from .demo import prepare_demo_data
         shards, vocab = prepare_demo_data(os.path.join(storage, "demo_data"))
-        cfg = cfg.with_overrides({"data.path": shards, "data.vocab_path": cfg.data.vocab_path or vocab})
+        cfg = cfg.with_overrides({"data.path": shards, "data.vocab_path": cfg.data.vocab_path or vocab,
+                                  "cluster.max_concurrent_trials": cfg.cluster.max_concurrent_trials or 2})
     if cfg.data.path is not None or not has_factory:
         preflight.check_data_path(cfg.data.path)
-    ensure_ray(address)
+    ensure_ray(address, quiet=quiet)
     return cfg
 
 
@@ -95,7 +97,7 @@ def tune(backbone: str = "violet", task: str = "retrieval", data: str | None = N
         search = load_space(space)
     else:
         search = load_space("demo") if demo else space_for(cfg.backbone.name, cfg.backbone.task)
-    cfg = _prepare(cfg, demo, address, plugins, has_factory=data_factory is not None)
+    cfg = _prepare(cfg, demo, address, plugins, has_factory=data_factory is not None, quiet=progress)
     from .cluster.progress import LiveTrialTable
     from .cluster.tuner import run_tune
     name = name or f"{cfg.name}-tune-{time.strftime('%Y%m%d-%H%M%S')}"

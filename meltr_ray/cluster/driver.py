@@ -59,7 +59,10 @@ def shard_data(cfg: JobConfig, trial: str) -> TrialData:
 
     Only the train split is split across workers; dropped rows are counted on the dashboard per trial.
     """
+    import ray.data
     from .data import build_datasets
+    context = ray.data.DataContext.get_current()       # captured by the datasets: no per-trial progress bars
+    context.enable_progress_bars, context.print_on_execution_start = False, False
     d = cfg.data
     splits = [d.train_split, d.val_split] + ([d.meta_split] if cfg.meta.source == "split" else [])
     datasets = build_datasets(d.path, splits=tuple(dict.fromkeys(splits)), num_frames=d.num_frames,

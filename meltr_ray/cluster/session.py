@@ -27,19 +27,24 @@ def _free_port() -> int:
 
 
 def start_local_cluster(num_cpus: int | None = None, driver_slots: int = 8, **init_kwargs):
-    """Start a private local Ray cluster (see the module docstring) and return ``ray.init``'s context."""
+    """Start a private local Ray cluster (see the module docstring) and return ``ray.init``'s context.
+
+    Logical CPUs default to max(8, 2 × cores): on a laptop two concurrent trials (2 workers × 0.5 CPU each)
+    plus their Ray Data pipelines (a 1-CPU listing task and decode actors each) must all be schedulable.
+    """
     port = _free_port()
     os.environ.update(LOCAL_ENV)
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     os.environ["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
-    cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
+    cpus = num_cpus or max(8, 2 * (os.cpu_count() or 1))
     return ray.init(address="local", num_cpus=cpus, resources={"train_driver": driver_slots},
                     include_dashboard=True, dashboard_host="127.0.0.1", **init_kwargs)
 
 
-def ensure_ray(address: str | None = None) -> bool:
+def ensure_ray(address: str | None = None, quiet: bool = False) -> bool:
     """Use the initialised Ray, connect to ``address`` (or the cluster this node belongs to), else start a
-    local cluster. Returns ``True`` when this call started a local cluster."""
+    local cluster (``quiet``: worker logs stay in Ray's log files instead of this console).
+    Returns ``True`` when this call started a local cluster."""
     if ray.is_initialized():
         return False
     if address not in (None, "local"):
@@ -51,7 +56,7 @@ def ensure_ray(address: str | None = None) -> bool:
             return False
         except ConnectionError:
             pass
-    start_local_cluster()
+    start_local_cluster(log_to_driver=not quiet)
     return True
 
 
