@@ -17,7 +17,11 @@ import socket
 
 import ray
 
-LOCAL_ENV = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}
+LOCAL_ENV = {
+    "RAY_TRAIN_ENABLE_STATE_TRACKING": "1",          # the dashboard's Train view
+    "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",       # default 32 footer-reader actors per listing: a laptop drowns
+    "RAY_DATA_PARQUET_BIN_PACKING_BYTES": str(16 << 20),   # small shard sets still become several blocks
+}
 
 
 def _free_port() -> int:
@@ -33,7 +37,8 @@ def start_local_cluster(num_cpus: int | None = None, driver_slots: int = 8, **in
     plus their Ray Data pipelines (a 1-CPU listing task and decode actors each) must all be schedulable.
     """
     port = _free_port()
-    os.environ.update(LOCAL_ENV)
+    for key, value in LOCAL_ENV.items():
+        os.environ.setdefault(key, value)
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     os.environ["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
     cpus = num_cpus or max(8, 2 * (os.cpu_count() or 1))
