@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from meltr_ray.backbones import create_backbone
@@ -37,3 +38,12 @@ def make_batch(task: str, batch: int = 3, frames: int = 4, size: int = 32, lengt
         "answer": torch.randint(0, OPTIONS if task == "qa_mc" else ANSWERS, (batch,), generator=g),
         "label": torch.randint(0, CLASSES, (batch,), generator=g),
     }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core box: one intra-op thread avoids OpenMP spin-waiting (≈10× faster)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

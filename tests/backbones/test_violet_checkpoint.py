@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from _violet_common import MANIFESTS, tiny
+from _violet_common import MANIFESTS, one_torch_thread, tiny  # noqa: F401 (autouse fixture)
 
 from meltr_ray.backbones import create_backbone
 from meltr_ray.backbones.checkpoint_filters import filter_violet_state_dict, load_violet_checkpoint

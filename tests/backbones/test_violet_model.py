@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _violet_common import CLASSES, CLS, MASK, SEP, make_batch, tiny
+from _violet_common import (CLASSES, CLS, MASK, SEP, make_batch, one_torch_thread,  # noqa: F401
+                            tiny)
 
 from meltr_ray.backbones import create_backbone, list_backbones
 from meltr_ray.backbones.violet import TASK_LOSSES
