@@ -145,6 +145,14 @@ def _columns(meta: dict) -> list[str]:
     return VIDEO_COLUMNS + TEXT_COLUMNS + (VQ_COLUMNS if meta.get("vq_grid") else [])
 
 
+def _warn_if_no_cpu_left(actor_cpus: float) -> None:
+    """Ray 2.60's Parquet ``ListFiles`` task needs one whole CPU: warn when the decode actors leave none."""
+    total = ray.cluster_resources().get("CPU", 0) if ray.is_initialized() else 0
+    if total and actor_cpus > total - 1:
+        log.warning("decode actors take %.2f of %g CPUs; Ray Data's ListFiles task needs a whole free CPU "
+                    "(plus what the Train workers take), or the pipeline stalls", actor_cpus, total)
+
+
 def build_datasets(shard_dir: str, *, splits=("train", "val"), num_frames: int = 4, image_size: int = 32,
                    max_text_len: int = 16, vocab_path: str | None = None, task: str = "retrieval",
                    sampling: str = "uniform", pad_to_square: bool = False, resize_mode: str | None = None,
@@ -159,6 +167,7 @@ def build_datasets(shard_dir: str, *, splits=("train", "val"), num_frames: int =
     ('stretch' | 'pad' | 'crop') overrides it. Splits without shards are left out of the result.
     """
     meta = read_dataset_meta(shard_dir)
+    _warn_if_no_cpu_left(decode_actors * decode_cpus)
     common = dict(task=task, num_frames=num_frames, image_size=image_size, max_text_len=max_text_len,
                   vocab_path=vocab_path, resize_mode=resize_mode or ("pad" if pad_to_square else "stretch"),
                   min_frames=min_frames, text_mode=text_mode, decoder=decoder, num_options=num_options,

@@ -160,6 +160,7 @@ def ingest(format: str = "jsonl", videos: str | None = None, annotations: str | 
             for name, rows, probes in _probe_shards(todo, videos, pool, bar):
                 _write_one(out, name, rows, probes, videos, options, report)
     report.shards = sorted(report.shards, key=lambda s: s["file"])
+    _drop_empty(os.path.join(out, "probe_stderr.log"))
     _write_metadata(out, records, report, vocab)
     if vocab_size:
         build_vocab(train_texts(records), os.path.join(out, "vocab.txt"), vocab_size=vocab_size)
@@ -177,6 +178,11 @@ def _drop_missing(records: list[dict], videos: str | None, skipped: list[dict]) 
         else:
             keep.append(rec)
     return keep
+
+
+def _drop_empty(path: str) -> None:
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        os.remove(path)
 
 
 def _sidecar(out: str, name: str) -> str:
