@@ -1,0 +1,174 @@
+"""The bilevel step: inner/meta alternation, replay buffer, meta split, regulariser, non-finite handling."""
+import math
+
+import pytest
+import torch
+
+from meltr_ray.bilevel import NonFiniteError, ReplayBuffer, regulariser
+from meltr_ray.config import JobConfig
+from meltr_ray.loop import build_trainer, fit
+from meltr_ray.meltr import build_combiner
+
+from toy_models import ToyMultiTask, toy_batches
+
+SMALL_MELTR = {"meltr.d_model": 16, "meltr.d_ffn": 16, "meltr.d_scale": 8}
+
+
+def make(overrides=None, seed=0):
+    cfg = JobConfig().with_overrides({**SMALL_MELTR, "optim.backbone_lr": 1e-2, "optim.meltr_lr": 1e-3,
+                                      "meta.scope": "all", **(overrides or {})}).validate()
+    torch.manual_seed(seed)
+    model = ToyMultiTask()
+    return cfg, model, build_combiner(cfg.meltr, len(model.task_names))
+
+
+def snapshot(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def test_inner_step_trains_the_backbone_and_discards_meltr_gradients():
+    cfg, model, meltr = make({"meta.meta_every": 100})
+    trainer = build_trainer(model, meltr, cfg)
+    before_w, before_phi = snapshot(model), snapshot(meltr)
+    metrics = trainer.step(toy_batches(1)[0])
+    assert any(not torch.equal(a, b) for a, b in zip(before_w, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before_phi, meltr.parameters()))
+    assert all(p.grad is None for p in meltr.parameters())
+    assert set(metrics) >= {"train_loss", "loss_primary", "weight_harmful"}
+
+
+def test_meta_step_runs_every_meta_every_steps_and_updates_meltr():
+    cfg, model, meltr = make({"meta.meta_every": 3})
+    trainer = build_trainer(model, meltr, cfg)
+    before_phi = snapshot(meltr)
+    for i, batch in enumerate(toy_batches(7)):
+        metrics = trainer.step(batch)
+        assert ("meta_grad_norm" in metrics) == ((i + 1) % 3 == 0)
+    assert trainer.counters.meta_steps == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before_phi, meltr.parameters()))
+    assert len(trainer.buffer) == 7
+
+
+def test_meta_gradient_is_clipped():
+    cfg, model, meltr = make({"meta.meta_every": 1, "meta.clip_norm": 1e-3, "optim.optimizer": "adam",
+                              "optim.meltr_weight_decay": 0.0})
+    trainer = build_trainer(model, meltr, cfg)
+    captured = []
+    original = trainer.meltr_optimizer.step
+
+    def spy(*args, **kwargs):
+        captured.append(math.sqrt(sum(float(p.grad.pow(2).sum()) for p in trainer.meta_params)))
+        return original(*args, **kwargs)
+    trainer.meltr_optimizer.step = spy
+    metrics = trainer.step(toy_batches(1)[0])
+    assert metrics["meta_grad_norm"] > 1e-3
+    assert captured[0] == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_held_out_meta_split_is_used_for_the_outer_loss():
+    cfg, model, meltr = make({"meta.meta_every": 1, "meta.source": "split", "data.meta_split": "meta",
+                              "meta.reg_weight": 0.0})
+    trainer = build_trainer(model, meltr, cfg)
+    meta_batch = toy_batches(1, seed=42)[0]
+    train_batch = toy_batches(1, seed=1)[0]
+    metrics = trainer.step(train_batch, lambda: meta_batch)
+    with torch.no_grad():
+        expected = model(meta_batch, tasks=["primary"])["primary"].item()
+    # The outer loss is computed after the inner update: re-evaluate at the same (post-inner, pre-meta) w.
+    assert metrics["meta_outer_loss"] == pytest.approx(metrics["meta_primary_loss"])
+    assert metrics["meta_primary_loss"] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="meta.source='split' needs meta batches"):
+        trainer.step(train_batch)
+
+
+def test_mtl_baseline_has_no_meta_step():
+    cfg, model, meltr = make({"meltr.combiner": "mtl", "meta.meta_every": 1})
+    trainer = build_trainer(model, meltr, cfg)
+    assert trainer.meltr_optimizer is None
+    metrics = trainer.step(toy_batches(1)[0])
+    assert "meta_grad_norm" not in metrics and trainer.counters.meta_steps == 0
+    assert metrics["weight_primary"] == pytest.approx(1.0)
+
+
+def test_regulariser_forms():
+    losses, combined = torch.tensor([1.0, 2.0]), torch.tensor(1.0)
+    assert regulariser(losses, combined, "abs").item() == pytest.approx(2.0)
+    assert regulariser(losses, combined, "square").item() == pytest.approx(4.0)
+    assert regulariser(losses, torch.tensor(5.0), "abs").item() == pytest.approx(2.0)
+
+
+def test_replay_buffer_fifo_and_weighted_eviction():
+    fifo = ReplayBuffer(3, "fifo")
+    for i in range(5):
+        fifo.append({"i": torch.tensor(i)})
+    assert [int(b["i"]) for b in fifo.items] == [2, 3, 4]
+
+    counts = torch.zeros(4)
+    for trial in range(2000):
+        buf = ReplayBuffer(3, "weighted", seed=trial)
+        for i in range(4):
+            buf.append({"i": torch.tensor(i)})
+        kept = {int(b["i"]) for b in buf.items}
+        assert 3 in kept                          # the batch just added is never evicted
+        counts[list({0, 1, 2, 3} - kept)[0]] += 1
+    # official weights (i+1)/size: index 2 is evicted ~3x as often as index 0
+    assert counts[3] == 0
+    assert 2.3 < (counts[2] / counts[0]).item() < 3.8
+
+
+def test_replay_buffer_state_round_trip():
+    buf = ReplayBuffer(4, "random", seed=3)
+    for i in range(6):
+        buf.append({"i": torch.tensor(i)})
+    copy = ReplayBuffer(4, "random")
+    copy.load_state_dict(buf.state_dict())
+    assert [int(copy.sample()["i"]) for _ in range(5)] == [int(buf.sample()["i"]) for _ in range(5)]
+
+
+def _nan_batch(task="harmful"):
+    batch = toy_batches(1)[0]
+    batch[f"y_{task}"] = batch[f"y_{task}"] * float("nan")
+    return batch
+
+
+def test_non_finite_losses_are_skipped_and_counted():
+    cfg, model, meltr = make({"meta.meta_every": 100, "meta.max_nonfinite": 3})
+    trainer = build_trainer(model, meltr, cfg)
+    before = snapshot(model)
+    assert trainer.step(_nan_batch()) == {"skipped_inner": 1.0}
+    assert trainer.counters.skipped_inner == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    trainer.step(toy_batches(1)[0])                 # a good step resets the run of failures
+    assert trainer.counters.nonfinite_in_row == 0
+
+
+def test_too_many_non_finite_steps_in_a_row_stop_training_with_a_clear_error():
+    cfg, model, meltr = make({"meta.meta_every": 100, "meta.max_nonfinite": 3})
+    with pytest.raises(NonFiniteError, match=r"3 non-finite steps in a row \(meta.max_nonfinite=3\)"):
+        fit(model, meltr, cfg, lambda epoch: [_nan_batch()] * 5)
+
+
+def test_non_finite_hypergradient_is_skipped():
+    cfg, model, meltr = make({"meta.meta_every": 1})
+    trainer = build_trainer(model, meltr, cfg)
+    before = snapshot(meltr)
+    metrics = trainer.meta_step(_nan_batch("primary"), toy_batches(1)[0])
+    assert metrics == {"skipped_meta": 1.0}
+    assert all(torch.equal(a, b) for a, b in zip(before, meltr.parameters()))
+
+
+def test_fit_reports_every_epoch_with_evaluation():
+    cfg, model, meltr = make({"train.epochs": 2, "meta.meta_every": 2})
+    reports = []
+    data = toy_batches(4)
+    out = fit(model, meltr, cfg, lambda epoch: data, evaluate=lambda m: m.evaluate(data),
+              report=lambda metrics, handle: reports.append(metrics))
+    assert [r["epoch"] for r in reports] == [1, 2]
+    assert reports[-1] == out and "val_primary_mse" in out and out["meta_steps"] == 4
+
+
+def test_fit_finite_difference_method_and_max_steps():
+    cfg, model, meltr = make({"train.epochs": 3, "meta.meta_every": 1, "meta.method": "finite_difference",
+                              "train.max_steps": 5})
+    out = fit(model, meltr, cfg, lambda epoch: toy_batches(3, seed=epoch))
+    assert out["step"] == 5 and out["meta_steps"] == 5 and out["epoch"] == 2
