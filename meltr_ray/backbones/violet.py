@@ -274,6 +274,9 @@ VIOLET_TINY = VioletConfig(embed_dim=16, swin_depths=(2, 2, 2, 2), swin_heads=(1
 def build_violet(base: VioletConfig, task: str = "retrieval", pretrained: str | None = None,
                  verbose: bool = True, **overrides) -> Violet:
     """Build a Violet for ``task`` and, given a local checkpoint path, load it (strictly, with a report)."""
+    if task == "qa":
+        raise ValueError("Violet task 'qa' is ambiguous: use 'qa_mc' (multiple choice: TGIF-Action, "
+                         "TGIF-Transition) or 'qa_oe' (open-ended: MSVD-QA, TGIF-Frame)")
     if task not in TASK_LOSSES:
         raise ValueError(f"unknown Violet task {task!r}; choose one of {sorted(TASK_LOSSES)}")
     model = Violet(task, config_with_overrides(base, overrides))

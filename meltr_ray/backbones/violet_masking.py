@@ -105,3 +105,25 @@ def dvae_vq_ids(frames: torch.Tensor, encoder, grid: int) -> torch.Tensor:
     with torch.no_grad():
         logits = encoder((1 - 2 * eps) * small + eps)
     return logits.argmax(1)
+
+
+def pad_to_square(frames: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) → (N, 3, S, S), S = max(H, W), zero padding centred (Violet's frame preprocessing)."""
+    h, w = frames.shape[-2:]
+    size = max(h, w)
+    top, left = (size - h) // 2, (size - w) // 2
+    return F.pad(frames, (left, size - w - left, top, size - h - top))
+
+
+def video_vq_ids(frames, encoder, grid: int, batch: int = 256, device=None) -> torch.Tensor:
+    """Every frame of one video → its visual tokens, for the shards' ``vq_ids`` (``meltr-ray ingest --vq``).
+
+    frames: (N, H, W, 3) uint8 RGB (all decoded frames, so any frame sampling finds its codes);
+    returns (N, grid, grid) int64 on the CPU. ``grid`` = training image size // 32 (7 for 224 px).
+    """
+    frames = torch.as_tensor(frames)
+    out = []
+    for start in range(0, frames.shape[0], batch):
+        chunk = frames[start:start + batch].to(device).permute(0, 3, 1, 2).float() / 255.0
+        out.append(dvae_vq_ids(pad_to_square(chunk), encoder, grid).cpu())
+    return torch.cat(out)

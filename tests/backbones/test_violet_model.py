@@ -181,3 +181,21 @@ def test_out_of_range_label_names_the_field(models):
 def test_num_answers_alias_sets_the_answer_head():
     model = tiny("qa_oe", num_answers=11)
     assert model.fc_oe[3].out_features == 11 and model.cfg.size_vocab == 11
+
+
+def test_vq_extraction_pads_resizes_and_maps_pixels():
+    """Official extract_vq: square frame → grid·8 px → map_pixels to [0.1, 0.9] → dVAE → argmax per cell."""
+    from meltr_ray.backbones.violet_masking import video_vq_ids
+    seen = []
+
+    def encoder(x):
+        seen.append(x)
+        logits = torch.zeros(x.shape[0], 8192, x.shape[-2] // 8, x.shape[-1] // 8)
+        logits[:, 42] = 1.0
+        return logits
+    frames = torch.full((5, 48, 64, 3), 255, dtype=torch.uint8)          # white, wider than high
+    codes = video_vq_ids(frames, encoder, grid=2, batch=2)
+    assert codes.shape == (5, 2, 2) and (codes == 42).all() and len(seen) == 3
+    x = torch.cat(seen)
+    assert x.shape[1:] == (3, 16, 16) and float(x.min()) >= 0.1 - 1e-6 and float(x.max()) <= 0.9 + 1e-6
+    assert float(x[:, :, 0].mean()) < float(x[:, :, 8].mean())          # zero padding on top (centred)
