@@ -73,7 +73,8 @@ def run_tune(args: argparse.Namespace) -> int:
         if result.error:
             console.print(f"[red]trial {result.path} failed:[/red] {result.error}")
     metric = results._experiment_analysis.default_metric
-    params = [k for k in results[0].config if not k.startswith("meltr_")]
+    from .cluster.driver import JOB_KEY, RUNTIME_KEY
+    params = [k for k in results[0].config if k not in (JOB_KEY, RUNTIME_KEY)]
     console.print(summary(results, params, metric, dashboard_url()))
     return 0 if not results.errors else 1
 

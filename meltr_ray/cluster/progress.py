@@ -5,6 +5,7 @@ from ray import tune
 
 HPARAM_LABELS = {"reg_weight": "γ reg_weight", "backbone_lr": "α backbone_lr", "meltr_lr": "β meltr_lr",
                  "neumann_steps": "K neumann_steps", "meta_every": "meta_every"}
+SHORT_LABELS = {"reg_weight": "γ", "backbone_lr": "α", "meltr_lr": "β", "neumann_steps": "K", "meta_every": "every"}
 
 
 def _fmt(value) -> str:
@@ -39,9 +40,9 @@ class LiveTrialTable(tune.Callback):
 
     def table(self):
         from rich.table import Table
-        table = Table(title=self.title)
-        for header in ["trial", "status", *(HPARAM_LABELS.get(p, p) for p in self.params), "epoch", self.metric]:
-            table.add_column(header)
+        table = Table(title=self.title, caption="γ reg_weight · α backbone_lr · β meltr_lr · K neumann_steps")
+        for header in ["trial", "status", *(SHORT_LABELS.get(p, p) for p in self.params), "epoch", self.metric]:
+            table.add_column(header, no_wrap=True)
         best = self._best_trial()
         for trial_id, row in self.rows.items():
             cells = [trial_id, row["status"], *(_fmt(row["config"].get(p)) for p in self.params),
@@ -71,7 +72,7 @@ class LiveTrialTable(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         epoch = self.rows.get(trial.trial_id, {}).get("epoch")
-        self._update(trial, "DONE" if epoch is None or epoch >= self.epochs else "STOPPED (ASHA)")
+        self._update(trial, "DONE" if epoch is None or epoch >= self.epochs else "ASHA stop")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._update(trial, "ERROR")
