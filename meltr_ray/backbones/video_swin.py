@@ -218,7 +218,8 @@ class SwinTransformer3D(nn.Module):
             raise ValueError(f"swin depths {depths} and num_heads {num_heads} must have the same length")
         self.patch_embed = PatchEmbed3D(embed_dim, patch)
         self.pos_drop = nn.Dropout(drop_rate)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)      # stochastic depth rising linearly 0 → drop_path_rate (plain floats: meta-safe)
+        rates = [drop_path_rate * i / max(1, total - 1) for i in range(total)]
         self.layers = nn.ModuleList()
         for i, (depth, heads) in enumerate(zip(depths, num_heads)):
             start = sum(depths[:i])

@@ -36,8 +36,8 @@ VQ_HELP = ("the MVM loss needs batch['vq_ids'] (B, T, H/32, W/32): visual-token 
 def _labelled_ce(head, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """CE of ``head`` at positions with a label ≥ 0 (the head only runs there); 0 when there are none."""
     keep = labels >= 0
-    if not bool(keep.any()):
-        return hidden.sum() * 0.0
+    if not bool(keep.any()):     # a zero that still touches the head, so DDP sees every parameter used
+        return head(hidden.reshape(-1, hidden.shape[-1])[:1]).sum() * 0.0
     return F.cross_entropy(head(hidden[keep]), labels[keep])
 
 

@@ -25,6 +25,19 @@ def test_registry_has_both_variants():
     assert {"violet_base", "violet_tiny"} <= set(list_backbones("violet*"))
 
 
+@pytest.mark.parametrize("name", list_backbones("violet*"))
+@pytest.mark.parametrize("task", TASKS)
+def test_every_variant_builds_for_every_task(name, task):
+    """On the meta device (no memory, no init cost; what the preflight check does)."""
+    with torch.device("meta"):
+        model = create_backbone(name, task=task)
+    assert model.task_names == list(TASK_LOSSES[task]) and model.primary_task == model.task_names[0]
+    scoped = select_scope(model, model.default_meta_scope)
+    heads = [n for n, _ in model.named_parameters() if n.startswith("fc")]
+    assert heads and len(scoped) < len(list(model.parameters()))
+    assert {id(p) for n, p in model.named_parameters() if n.startswith("fc")} <= {id(p) for p in scoped}
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_forward_returns_exactly_the_task_losses_in_meltr_order(models, task):
     model = models[task]
