@@ -115,7 +115,7 @@ def in_processes(fn, blobs: list[bytes], procs: int, frames: int, size: int) -> 
 
 
 def _noop(_):
-    import decord  # noqa: F401
+    import decord  # noqa: F401  (warm-up: the import is not measured)
     return 0
 
 
@@ -176,8 +176,6 @@ def main(argv=None) -> None:
     print(f"setup: {args.clips} clips {args.size}² × {args.seconds:g} s, {report.bytes_written / 1e6:.1f} MB of "
           f"shards, {time.perf_counter() - t:.1f} s (not measured)")
     blobs = shard_bytes(os.path.join(work, "shards"))
-    # several read blocks per decode actor, or only one actor gets work (notes §4); read before ray.init
-    os.environ["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(max(64 << 10, report.bytes_written // (4 * args.procs)))
     load0 = os.getloadavg()[0]
     res, per_cpu = {}, {}
     for _ in range(args.repeat):                        # interleaved rounds; keep each method's best

@@ -13,12 +13,13 @@
 * Only the ``train`` and ``meta`` splits use ``sampling`` ('random' = segment-random); ``val``/``test`` always
   sample uniformly (the official All-in-one sampled randomly at evaluation, bug B-A4).
 * On small machines: Ray 2.60's Parquet reader runs a ``ListFiles`` task that needs a whole CPU, so keep
-  ``decode_actors × decode_cpus`` + Train workers ≤ CPUs − 1 (or oversubscribe ``num_cpus`` in tests), and set
-  ``RAY_DATA_PARQUET_BIN_PACKING_BYTES`` (~16 MiB) **before** ``ray.init`` so small datasets become several
-  blocks and every decode actor gets work (reference video_data_notes §4).
+  ``decode_actors × decode_cpus`` + Train workers ≤ CPUs − 1 (or oversubscribe ``num_cpus`` in tests).
+  Read bins are sized per split so every decode actor gets work (:func:`_read_bins`; Ray's 128 MiB default
+  makes a small dataset one block, reference video_data_notes §4).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -145,6 +146,28 @@ def _columns(meta: dict) -> list[str]:
     return VIDEO_COLUMNS + TEXT_COLUMNS + (VQ_COLUMNS if meta.get("vq_grid") else [])
 
 
+BIN_ENV = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
+
+
+@contextlib.contextmanager
+def _read_bins(files: list[str], decode_actors: int):
+    """Size Ray's Parquet read bins so every decode actor gets ~4 blocks (16 MiB at most, 64 KiB at least).
+
+    Ray 2.60 packs row groups into bins of ``RAY_DATA_PARQUET_BIN_PACKING_BYTES`` (default 128 MiB), read when
+    ``read_parquet`` is called: a small split would be one block, decoded by one actor. A value the user
+    exported is left alone.
+    """
+    if BIN_ENV in os.environ:
+        yield
+        return
+    total = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+    os.environ[BIN_ENV] = str(int(min(max(total // (4 * max(decode_actors, 1)), 64 << 10), 16 << 20)))
+    try:
+        yield
+    finally:
+        os.environ.pop(BIN_ENV, None)
+
+
 def _warn_if_no_cpu_left(actor_cpus: float) -> None:
     """Ray 2.60's Parquet ``ListFiles`` task needs one whole CPU: warn when the decode actors leave none."""
     total = ray.cluster_resources().get("CPU", 0) if ray.is_initialized() else 0
@@ -183,8 +206,9 @@ def build_datasets(shard_dir: str, *, splits=("train", "val"), num_frames: int =
             log.warning("no shards for split %r in %s", split, shard_dir)
             continue
         kwargs = dict(common, split=split, sampling=sampling if split in TRAIN_SPLITS else "uniform")
-        out[split] = (ray.data.read_parquet(files)
-                      .select_columns(_columns(meta))
+        with _read_bins(files, decode_actors):
+            read = ray.data.read_parquet(files)
+        out[split] = (read.select_columns(_columns(meta))
                       .map_batches(DecodeSamples, fn_constructor_kwargs=kwargs, batch_size=decode_batch_rows,
                                    batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=decode_actors),
                                    num_cpus=decode_cpus))
