@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..metrics.classification import AccuracyMeter
+from ._layers import MASKED_SCORE
 from ..metrics.retrieval import retrieval_metrics
 from .violet_masking import color_vq_ids, mask_text, mvm_labels, sample_video_blocks, zero_patches
 
@@ -50,11 +51,20 @@ def _text(m, batch, dims: int):
 
 
 def _targets(m, batch, key: str, classes: int, name: str) -> torch.Tensor:
-    values = batch[key].to(m.device).long()
-    if values.numel() and (int(values.min()) < 0 or int(values.max()) >= classes):
-        raise ValueError(f"batch[{key!r}] must lie in [0, {classes}) ({name}), got "
+    """Class targets; −1 = none (an open-ended answer outside the top-K vocabulary): no loss, wrong in eval."""
+    values = torch.as_tensor(batch[key]).to(m.device).long()
+    if values.numel() and (int(values.min()) < -1 or int(values.max()) >= classes):
+        raise ValueError(f"batch[{key!r}] must lie in [0, {classes}) ({name}) or be -1 (none), got "
                          f"[{int(values.min())}, {int(values.max())}]")
     return values
+
+
+def _ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean CE over examples with a target (≥ 0); a graph-connected 0 when there is none."""
+    keep = targets >= 0
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[keep], targets[keep])
 
 
 def _vq_ids(m, frames: torch.Tensor, batch) -> torch.Tensor:
@@ -151,7 +161,7 @@ def qa_oe_losses(m, batch, wanted: set) -> dict:
     if "oe" in wanted:
         answer = _targets(m, batch, "answer", m.cfg.size_vocab, "size_vocab")
         hidden = m.cross(video, m.encode_text(ids), mask)
-        out["oe"] = F.cross_entropy(m.head("oe")(hidden[:, video.shape[1]]), answer)
+        out["oe"] = _ce(m.head("oe")(hidden[:, video.shape[1]]), answer)
     if "vtm" in wanted:
         out["vtm"] = _vtm_loss(m, video_m, m.encode_text(ids), mask)
     if wanted & {"mtm", "mvm"}:
@@ -165,11 +175,14 @@ def _per_option(video: torch.Tensor, options: int) -> torch.Tensor:
     return video.repeat_interleave(options, dim=0)
 
 
-def mc_scores(m, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, O) scores head_mc(h_[CLS](v_b, prompt_bk))."""
+def mc_scores(m, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, option_mask=None) -> torch.Tensor:
+    """(B, O) scores head_mc(h_[CLS](v_b, prompt_bk)); padding options (``option_mask`` 0) score −10⁴."""
     b, o, length = ids.shape
     hidden = m.cross(_per_option(video, o), m.encode_text(ids.reshape(b * o, length)), mask.reshape(b * o, -1))
-    return m.head("mc")(hidden[:, video.shape[1]]).view(b, o)
+    scores = m.head("mc")(hidden[:, video.shape[1]]).view(b, o)
+    if option_mask is not None:
+        scores = scores.masked_fill(~torch.as_tensor(option_mask, device=scores.device).bool(), MASKED_SCORE)
+    return scores
 
 
 def qa_mc_losses(m, batch, wanted: set) -> dict:
@@ -180,10 +193,10 @@ def qa_mc_losses(m, batch, wanted: set) -> dict:
     video, video_m, vlabels = _videos(m, frames, batch, wanted, "mc")
     out = {}
     if "mc" in wanted:
-        out["mc"] = F.cross_entropy(mc_scores(m, video, ids, mask), answer)
-    rows = torch.arange(b, device=ids.device)
+        out["mc"] = _ce(mc_scores(m, video, ids, mask, batch.get("option_mask")), answer)
+    rows, gt = torch.arange(b, device=ids.device), answer.clamp(min=0)      # −1 (no answer): any row will do
     if "vtm" in wanted:
-        out["vtm"] = _vtm_loss(m, video_m, m.encode_text(ids[rows, answer]), mask[rows, answer])
+        out["vtm"] = _vtm_loss(m, video_m, m.encode_text(ids[rows, gt]), mask[rows, gt])
     if wanted & {"mtm", "mvm"}:
         hidden, tlabels = _masked_text_pass(m, _per_option(video_m, o), ids.reshape(b * o, length),
                                             mask.reshape(b * o, length))
@@ -191,7 +204,7 @@ def qa_mc_losses(m, batch, wanted: set) -> dict:
         if "mtm" in wanted:
             out["mtm"] = _labelled_ce(m.head("mtm"), hidden[:, nv:], tlabels)
         if "mvm" in wanted:
-            gt_rows = hidden.view(b, o, hidden.shape[1], -1)[rows, answer, :nv]
+            gt_rows = hidden.view(b, o, hidden.shape[1], -1)[rows, gt, :nv]
             out["mvm"] = _labelled_ce(m.head("mvm"), gt_rows, vlabels)
     return out
 
@@ -212,7 +225,7 @@ def action_losses(m, batch, wanted: set) -> dict:
     out = {}
     if "cls" in wanted:
         label = _targets(m, batch, "label", m.cfg.num_classes, "num_classes")
-        out["cls"] = F.cross_entropy(action_logits(m, video), label)
+        out["cls"] = _ce(action_logits(m, video), label)
     if "mvm" in wanted:
         text, mask = _cls_text(m, frames.shape[0])
         hidden = m.cross(video_m, text, mask)
@@ -274,7 +287,8 @@ def evaluate_qa_oe(m, batches) -> dict:
 def evaluate_qa_mc(m, batches) -> dict:
     def predict(batch):
         ids, mask = _text(m, batch, 3)
-        return mc_scores(m, m.encode_video(m.frames01(batch["frames"])), ids, mask).argmax(-1)
+        video = m.encode_video(m.frames01(batch["frames"]))
+        return mc_scores(m, video, ids, mask, batch.get("option_mask")).argmax(-1)
     return _evaluate_accuracy(m, batches, predict, "answer")
 
 

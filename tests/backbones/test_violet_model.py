@@ -212,3 +212,25 @@ def test_vq_extraction_pads_resizes_and_maps_pixels():
     x = torch.cat(seen)
     assert x.shape[1:] == (3, 16, 16) and float(x.min()) >= 0.1 - 1e-6 and float(x.max()) <= 0.9 + 1e-6
     assert float(x[:, :, 0].mean()) < float(x[:, :, 8].mean())          # zero padding on top (centred)
+
+
+def test_padding_options_are_never_chosen(models):
+    batch = make_batch("qa_mc", batch=4)
+    batch["option_mask"] = torch.ones(4, 3, dtype=torch.long)
+    batch["option_mask"][:, 2] = 0                           # questions with two real options
+    batch["text_ids"][:, 2], batch["text_mask"][:, 2] = 0, 0
+    batch["answer"] = torch.tensor([0, 1, 0, 1])
+    from meltr_ray.backbones.violet_tasks import mc_scores
+    model = models["qa_mc"].eval()
+    with torch.no_grad():
+        video = model.encode_video(model.frames01(batch["frames"]))
+        scores = mc_scores(model, video, batch["text_ids"], batch["text_mask"], batch["option_mask"])
+    assert (scores.argmax(-1) < 2).all()
+    assert torch.isfinite(models["qa_mc"].train()(batch)["mc"])
+
+
+def test_answers_outside_the_vocabulary_carry_no_loss_and_count_as_wrong(models):
+    batch = make_batch("qa_oe")
+    batch["answer"][:] = -1                                  # the data layer's "not in the top-K answers"
+    assert float(models["qa_oe"](batch, tasks=["oe"])["oe"]) == 0.0
+    assert models["qa_oe"].evaluate([batch]) == {"accuracy": 0.0}
