@@ -5,19 +5,24 @@ Importable by spawned probe workers (pytest puts this folder on ``sys.path`` and
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 from meltr_ray.data.probe import probe_video
 from meltr_ray.data.video import DecordDecoder
 
 HANG_MARK = "hang"
+CRASH_MARK = "crash"
 HANG_BYTES = b"HANG"
 
 
 def hanging_probe(path: str, **kwargs) -> dict:
-    """The real probe, except that files whose name contains ``hang`` never return (like decord #373)."""
+    """The real probe, except that files whose name contains ``hang`` never return (like decord #373) and
+    files whose name contains ``crash`` kill the probe process with SIGSEGV (like decord #99)."""
     if HANG_MARK in os.path.basename(path):
         time.sleep(3600)
+    if CRASH_MARK in os.path.basename(path):
+        os.kill(os.getpid(), signal.SIGSEGV)
     return probe_video(path, **kwargs)
 
 

@@ -18,7 +18,8 @@ from probe_hooks import hanging_probe
 BAD_REASONS = {"truncated": "not a readable video", "zero_length": "zero-length file",
                "not_a_video": "not a readable video", "audio_only": "no video stream",
                "too_short": "too short: 2 frames < min_frames 4", "missing": "missing file",
-               "hang": "probe timed out after 3 s", "unparsable_json": "unparsable annotation (line",
+               "hang": "probe timed out after 3 s", "crash": "probe process crashed (exit code -11)",
+               "unparsable_json": "unparsable annotation (line",
                "unparsable_no_video": "unparsable annotation", "unparsable_answer": "unparsable annotation"}
 
 
@@ -36,6 +37,8 @@ def bad_ingest(tmp_path_factory):
     files = write_bad_videos(videos, os.path.join(videos, "clip0000.mp4"), short_frames=2)
     shutil.copy(os.path.join(videos, "clip0001.mp4"), os.path.join(videos, "clip_hang.mp4"))
     files["hang"] = "clip_hang.mp4"
+    shutil.copy(os.path.join(videos, "clip0002.mp4"), os.path.join(videos, "clip_crash.mp4"))
+    files["crash"] = "clip_crash.mp4"
     with open(ann, "a") as f:
         for kind, name in files.items():
             f.write(json.dumps({"id": f"bad_{kind}", "video": name, "text": "a bad clip"}) + "\n")
@@ -65,7 +68,7 @@ def test_each_bad_kind_is_skipped_with_id_and_reason(bad_ingest, kind):
         s for s in saved.values() if s["reason"].startswith("unparsable annotation (line"))
     assert entry["reason"].startswith(BAD_REASONS[kind]), entry
     assert set(entry) == {"id", "video", "reason"}
-    if kind in ("truncated", "missing", "hang", "audio_only"):
+    if kind in ("truncated", "missing", "hang", "crash", "audio_only"):
         assert entry["video"].endswith(".mp4")
 
 
