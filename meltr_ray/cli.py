@@ -45,6 +45,8 @@ def ingest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab-size", type=int, default=None,
                    help="also train a WordPiece vocab.txt of this size on the train texts (into --out)")
     p.add_argument("--allow-pickle", action="store_true", help="allow reading legacy pickles (trusted files only)")
+    p.add_argument("--legacy-frames", help="Violet img_*.pkl of base64 JPEG frames, turned into mp4s "
+                                           "(needs --allow-pickle)")
     p.add_argument("--opt", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="format option, e.g. --opt split_mode=9k --opt train_list=MSRVTT_train.9k.csv")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or summary table")
@@ -58,7 +60,8 @@ def run_ingest(args: argparse.Namespace) -> int:
                     probe_timeout_s=args.probe_timeout, meta_fraction=args.meta_fraction,
                     answer_vocab_size=args.answer_vocab_size, shard_bytes=int(args.shard_mb * 1e6),
                     row_group_rows=args.row_group_rows, vocab_size=args.vocab_size,
-                    allow_pickle=args.allow_pickle, progress=not args.no_progress, **dict(args.opt))
+                    allow_pickle=args.allow_pickle, legacy_frames=args.legacy_frames,
+                    progress=not args.no_progress, **dict(args.opt))
     if not args.no_progress:
         from rich.console import Console
         console = Console(stderr=True)

@@ -11,6 +11,8 @@ format              inputs
                     7,010 videos of the json; test = ``test_list`` = ``MSRVTT_JSFUSION_test.csv`` (1k-A, one
                     caption each). ``split_mode=full`` (captioning): train = first 7,010 videos, test = the last
                     2,990 with **all 20 references** (the official B-U3 typo used one).
+``violet-retrieval`` Violet's ``{"sentences": [{"video_id", "caption"}]}`` files: train file as annotations,
+                    ``test=`` / ``val=`` options; with ``--legacy-frames img_*.pkl`` Violet's frames are used.
 ``msvd-qa``,        Violet's ``txt_{task}.json`` = ``{"train": [...], "test": [...]}``: multiple choice items
 ``tgif-action``,    ``{"video", "question", "option_0".."option_4", "answer": int}``; open-ended items
 ``tgif-transition`` ``{"video", "question", "answer": int | str}``. Integer open-ended answers index the top-K
@@ -108,6 +110,27 @@ def read_violet_qa(annotations: str, videos: str | None = None, answer_vocab: st
         yield {"answer_vocab": [str(i) for i in range(max_answer + 1)]}
 
 
+def read_violet_retrieval(annotations: str, videos: str | None = None, val: str | None = None,
+                          test: str | None = None, **_) -> Iterator[dict | Skip]:
+    """Violet retrieval files ``{"sentences": [{"video_id", "caption"}]}``: ``annotations`` is the train file
+    (``train_9k.json`` / ``train_7k.json``), ``--opt test=test.json`` (1k-A) and ``--opt val=...``."""
+    for split, path in (("train", annotations), ("val", val), ("test", test)):
+        if not path:
+            continue
+        with open(path) as f:
+            sentences = json.load(f)["sentences"]
+        captions: dict[str, list[str]] = {}
+        for n, item in enumerate(sentences):
+            if not isinstance(item, dict) or not isinstance(item.get("caption"), str) or "video_id" not in item:
+                yield Skip(f"{split}[{n}]", "", f"unparsable annotation ({split} sentence {n})")
+                continue
+            captions.setdefault(str(item["video_id"]), []).append(item["caption"])
+        for vid, caps in captions.items():
+            rec = new_record(vid, resolve_video(videos or "", vid), split)
+            rec["captions"] = caps
+            yield rec
+
+
 def read_youcook2(annotations: str, videos: str | None = None, features: str | None = None,
                   train_csv: str | None = None, val_csv: str | None = None, allow_pickle: bool = False,
                   max_frames: int = 48, **_) -> Iterator[dict | Skip]:
@@ -168,6 +191,6 @@ def read_cmu_mosi(annotations: str, videos: str | None = None, allow_pickle: boo
             yield rec
 
 
-FORMATS = {"msrvtt": read_msrvtt, "msvd-qa": read_violet_qa, "tgif-action": read_violet_qa,
+FORMATS = {"msrvtt": read_msrvtt, "violet-retrieval": read_violet_retrieval, "msvd-qa": read_violet_qa, "tgif-action": read_violet_qa,
            "tgif-transition": read_violet_qa, "tgif-frame": read_violet_qa, "youcook2": read_youcook2,
            "cmu-mosi": read_cmu_mosi}

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import converters, datasets
 from .converters import Skip
+from .legacy import encode_legacy_frames
 from .probe import ProbePool, probe_video
 from .schema import SCHEMA_VERSION
 from .tokenize import build_vocab
@@ -132,17 +133,22 @@ def ingest(format: str = "jsonl", videos: str | None = None, annotations: str | 
            probe_timeout_s: float = 60.0, meta_fraction: float = 0.0, answer_vocab_size: int = 1000,
            shard_bytes: int = 256 << 20, max_rows_per_shard: int = 4096, allow_pickle: bool = False,
            progress: bool = True, probe_fn: Callable = probe_video, decoder: str = "decord",
-           row_group_rows: int | None = None, vocab_size: int | None = None, **format_options) -> IngestReport:
+           row_group_rows: int | None = None, vocab_size: int | None = None, legacy_frames: str | None = None,
+           **format_options) -> IngestReport:
     """Convert ``annotations`` (+ the files under ``videos``) into shards under ``out``; see the module doc.
 
     ``probe_fn(path, min_frames=, decoder=) -> dict`` must be an importable module-level function (it runs in
     spawned worker processes); tests inject a hanging one. ``vocab_size`` also trains a WordPiece
-    ``vocab.txt`` of that size on the train split's texts (the demo's vocabulary). Returns the report.
+    ``vocab.txt`` of that size on the train split's texts (the demo's vocabulary). ``legacy_frames`` is a
+    Violet ``img_*.pkl`` (needs ``allow_pickle``): its frames become mp4s under ``out/legacy_videos``.
+    Returns the report.
     """
     if not annotations or not out:
         raise ValueError("ingest needs annotations and out")
     os.makedirs(out, exist_ok=True)
     records, skipped, vocab = load_records(format, annotations, videos, allow_pickle, **format_options)
+    if legacy_frames:
+        skipped += encode_legacy_frames(records, legacy_frames, os.path.join(out, "legacy_videos"), allow_pickle)
     if vq:
         attach_vq(records, vq, allow_pickle)
     assign_meta_split(records, meta_fraction)

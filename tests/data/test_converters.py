@@ -114,3 +114,35 @@ def test_generic_csv_merges_lines_of_one_video(tmp_path):
     recs, skipped, _ = load_records("csv", path, str(tmp_path), False)
     assert [(r["id"], r["captions"]) for r in recs] == [("a", ["first", "second"])]
     assert skipped[0]["id"] == "b" and "unparsable" in skipped[0]["reason"]
+
+
+def test_violet_frames_pickle_and_retrieval_files(tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from meltr_ray.data.video import get_decoder, make_sampler
+
+    def b64_jpeg(value):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((48, 64, 3), value, np.uint8)).save(buf, format="JPEG", quality=95)
+        return str(base64.b64encode(buf.getvalue()))[2:-1]              # the official string form
+
+    frames = {"video1": [b64_jpeg(v) for v in (20, 120, 220)], "video2": [b64_jpeg(v) for v in (60, 90, 30)]}
+    pickle.dump(frames, open(tmp_path / "img_msrvtt.pkl", "wb"))
+    json.dump({"sentences": [{"video_id": "video1", "caption": "a"}, {"video_id": "video1", "caption": "b"}]},
+              open(tmp_path / "train_9k.json", "w"))
+    json.dump({"sentences": [{"video_id": "video2", "caption": "c"}, {"caption": 3}]}, open(tmp_path / "t.json", "w"))
+    kw = dict(annotations=str(tmp_path / "train_9k.json"), out=str(tmp_path / "out"), progress=False, workers=1,
+              legacy_frames=str(tmp_path / "img_msrvtt.pkl"), test=str(tmp_path / "t.json"))
+    with pytest.raises(PermissionError):
+        ingest("violet-retrieval", **kw)
+    report = ingest("violet-retrieval", allow_pickle=True, **kw)
+    assert report.rows_written == 2 and [s["reason"] for s in report.skipped] == [
+        "unparsable annotation (test sentence 1)"]
+    meta = json.load(open(tmp_path / "out" / "dataset.json"))
+    row = pq.read_table(tmp_path / "out" / meta["splits"]["train"][0]).to_pylist()[0]
+    assert row["captions"] == ["a", "b"] and row["n_frames"] == 3
+    got, idx, _ = get_decoder("decord").read(row["video_bytes"], make_sampler("uniform", 3), None)
+    assert idx.tolist() == [0, 1, 2] and [abs(int(f.mean()) - v) < 8 for f, v in zip(got, (20, 120, 220))] == [True] * 3
