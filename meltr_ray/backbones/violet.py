@@ -205,6 +205,7 @@ class Violet(nn.Module):
 
     def frames01(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (B, T, H, W, 3) RGB → float (B, T, 3, H, W) in [0, 1], after checking the geometry."""
+        frames = torch.as_tensor(frames)
         if frames.dim() != 5 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be (B, T, H, W, 3) RGB, got shape {tuple(frames.shape)}")
         t, h, w = frames.shape[1:4]
@@ -221,6 +222,8 @@ class Violet(nn.Module):
         return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
     def check_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """Text ids on the model's device, after checking them against the position table and vocabulary."""
+        ids = torch.as_tensor(ids)
         if ids.shape[-1] > self.cfg.max_text_len:
             raise ValueError(f"text length {ids.shape[-1]} is longer than the position table "
                              f"({self.cfg.max_text_len} rows, max_text_len)")

@@ -13,7 +13,10 @@ All losses are cross-entropies; masked positions only (labels −1 carry no loss
 * QA-MC [MC, VTM, MTM, MVM] with prompts (B, O, L): MC = CE over the O option scores head_mc(h_[CLS](v, p_k));
   VTM pairs each video with the ground-truth prompt of every question of the batch (B-V4 fixed); MTM masks
   each option row token by token (B-V3 fixed); MVM reads the ground-truth option's row (official).
-  The data layer builds ``[CLS] question [SEP] options [SEP] answer_k [SEP]`` and never cuts the answer (B-V5).
+  The data layer builds ``[CLS] question [SEP] options [SEP] answer_k [SEP]`` and never cuts the answer (B-V5);
+  padding options (``option_mask`` 0) score −10⁴.
+* Targets −1 (an open-ended answer outside the top-K vocabulary, a clip without a label or visual tokens) carry
+  no loss; in evaluation such an example counts as wrong.
 * Action [CLS, MVM] (supplementary §H, video only): the "text" is a lone [CLS] token whose output feeds the
   classifier, as the text [CLS] feeds every other head.
 """
@@ -23,14 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from ..metrics.classification import AccuracyMeter
-from ._layers import MASKED_SCORE
 from ..metrics.retrieval import retrieval_metrics
+from ._layers import MASKED_SCORE
 from .violet_masking import color_vq_ids, mask_text, mvm_labels, sample_video_blocks, zero_patches
 
-VQ_HELP = ("the MVM loss needs batch['vq_ids'] (B, T, H/32, W/32): visual-token ids stored in the shards' "
-           "vq_ids column. Compute them once per frame with a DALL-E dVAE encoder "
-           "(meltr_ray.backbones.violet_masking.dvae_vq_ids; see the README's Violet section) and ingest them "
-           "with the videos, or build the backbone with mvm_targets='color' (a stand-in for demos only)")
+VQ_HELP = ("the MVM loss needs batch['vq_ids'] (B, T, H/32, W/32): visual-token ids of every frame, stored in "
+           "the shards at ingest (`meltr-ray ingest ... --vq codes.npz`). Compute them once with a DALL-E dVAE "
+           "encoder and meltr_ray.backbones.violet_masking.video_vq_ids (README, Violet section), or build the "
+           "backbone with mvm_targets='color' (a stand-in for demos only)")
 
 
 # ---- shared pieces -------------------------------------------------------------------------------------------
@@ -43,11 +46,11 @@ def _labelled_ce(head, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
 
 def _text(m, batch, dims: int):
-    ids = batch["text_ids"]
+    ids = torch.as_tensor(batch["text_ids"])
     if ids.dim() != dims:
         raise ValueError(f"text_ids must have {dims} dimensions for Violet task {m.task!r}, "
                          f"got shape {tuple(ids.shape)}")
-    return m.check_text(ids), batch["text_mask"].to(m.device).long()
+    return m.check_text(ids), torch.as_tensor(batch["text_mask"]).to(m.device).long()
 
 
 def _targets(m, batch, key: str, classes: int, name: str) -> torch.Tensor:
