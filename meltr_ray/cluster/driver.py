@@ -71,7 +71,30 @@ def shard_data(cfg: JobConfig, trial: str) -> TrialData:
                               on_bad_row=SkippedRowsHook(trial), seed=cfg.train.seed)
     if d.train_split not in datasets:
         raise ValueError(f"data path {d.path!r} has no shards for split {d.train_split!r} (data.train_split)")
-    return TrialData(datasets=datasets, collate_fn=CollateSamples(), local_splits=())
+    return TrialData(datasets=datasets, collate_fn=CollateSamples(), local_splits=(),
+                     steps_per_epoch=shard_steps_per_epoch(cfg))
+
+
+# task -> the per-split sample count ``meltr-ray ingest`` writes to dataset.json ("items")
+ITEM_COUNT_KEYS = {"qa_mc": "qa_mc", "qa_oe": "qa_oe", "classification": "labels", "action": "labels",
+                   "sentiment": "scores"}
+
+
+def shard_steps_per_epoch(cfg: JobConfig) -> int | None:
+    """Inner steps per epoch from the shards' sample counts (for the linear-decay schedules), else ``None``.
+
+    Each worker gets an equal share of the train samples and drops its last partial batch.
+    """
+    from ..data.samples import TEXT_TASKS
+    from .data import read_dataset_meta
+    task = cfg.backbone.task
+    key = ITEM_COUNT_KEYS.get(task, "captions" if task in TEXT_TASKS else None)
+    try:
+        items = read_dataset_meta(cfg.data.path).get("items", {}).get(cfg.data.train_split, {})
+    except (FileNotFoundError, OSError):
+        return None
+    per_worker = items.get(key, 0) // max(1, cfg.cluster.num_workers)
+    return per_worker // cfg.train.batch_size or None
 
 
 def build_trial_data(cfg: JobConfig, runtime: dict, trial: str) -> TrialData:
