@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from pathlib import Path
 
 import ray
@@ -80,6 +81,15 @@ def check_storage_path(path: str) -> str:
     except OSError as err:
         raise ValueError(f"storage path {path!r} (cluster.storage_path) cannot be written: {err}") from None
     return path
+
+
+def warn_if_storage_not_shared(path: str, nodes: list[dict]) -> None:
+    """Train workers on other nodes write checkpoints straight to ``storage_path``: on a multi-node cluster it
+    must be shared (S3/GCS URI, or an EFS/FSx/NFS mount present on every node)."""
+    if "://" not in path and len(nodes) > 1:
+        warnings.warn(f"storage path {path!r} is a local path on a {len(nodes)}-node cluster: unless it is a "
+                      f"shared mount (EFS/FSx/NFS) on every node, use s3://... (cluster.storage_path / --storage)",
+                      stacklevel=2)
 
 
 def node_capacities() -> list[dict]:

@@ -19,7 +19,7 @@ from ray import tune
 from ..config import JobConfig
 from ..spaces import SearchSpace
 from .driver import JOB_KEY, RUNTIME_KEY, trial_driver, worker_resources
-from .preflight import check_resources, concurrent_trials, node_capacities
+from .preflight import check_resources, concurrent_trials, node_capacities, warn_if_storage_not_shared
 from .search import make_scheduler, make_searcher, param_space
 
 DRIVER_RESOURCE = "train_driver"
@@ -51,6 +51,7 @@ def full_param_space(space: SearchSpace, cfg: JobConfig, runtime: dict) -> dict:
 def plan_concurrency(cfg: JobConfig, num_samples: int) -> int:
     """Check that one trial fits the cluster and return how many run at once (≤ ``num_samples``)."""
     nodes = node_capacities()
+    warn_if_storage_not_shared(cfg.cluster.storage_path or "", [n for n in nodes if n.get("CPU") or n.get("GPU")])
     resources = worker_resources(cfg)
     check_resources(cfg, resources, nodes)
     return max(1, min(num_samples, concurrent_trials(cfg, resources, nodes)))
