@@ -6,6 +6,9 @@
 * ``search.py``  search spaces (``tune_spaces/*.yaml``) → Tune param space, HyperOpt / random, ASHA
 * ``tuner.py``   the ``Tuner``: resources, concurrency, failure handling, ``Tuner.restore``
 * ``monitor.py`` ``ray.util.metrics`` gauges and counters for the dashboard
+* ``preflight.py`` checks that fail fast before any trial starts (backbone/task, shards, storage, resources)
+* ``progress.py`` the rich live table of trials and the best-trial summary
+* ``session.py`` connect to this node's cluster or start a private local one that avoids the known traps
 
 Nothing here is imported by ``import meltr_ray``; :mod:`meltr_ray.api` imports it inside its functions.
 """
