@@ -107,7 +107,7 @@ def train_loop(config):
     log = {"rank": ctx.get_world_rank(), "epochs": []}
     for _ in range(config["epochs"]):
         ids, wrong = [], 0
-        for batch in iter_split("train", batch_size=4):
+        for batch in iter_split("train", batch_size=4, local_shuffle_buffer_size=8):
             wrong += check_frames(batch)
             ids += batch["sample_id"]
         log["epochs"].append({"ids": ids, "wrong": wrong})

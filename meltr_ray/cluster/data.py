@@ -207,7 +207,7 @@ def build_datasets(shard_dir: str, *, splits=("train", "val"), num_frames: int =
             continue
         kwargs = dict(common, split=split, sampling=sampling if split in TRAIN_SPLITS else "uniform")
         with _read_bins(files, decode_actors):
-            read = ray.data.read_parquet(files)
+            read = ray.data.read_parquet(files, shuffle="files" if split in TRAIN_SPLITS else None)
         out[split] = (read.select_columns(_columns(meta))
                       .map_batches(DecodeSamples, fn_constructor_kwargs=kwargs, batch_size=decode_batch_rows,
                                    batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=decode_actors),
@@ -215,10 +215,16 @@ def build_datasets(shard_dir: str, *, splits=("train", "val"), num_frames: int =
     return out
 
 
-def iter_split(split: str, batch_size: int, prefetch_batches: int = 1, drop_last: bool = False):
-    """Inside a Train worker: this worker's batches of ``split`` (frames uint8, ids int64, strings as lists)."""
+def iter_split(split: str, batch_size: int, prefetch_batches: int = 1, drop_last: bool = False,
+               local_shuffle_buffer_size: int | None = None):
+    """Inside a Train worker: this worker's batches of ``split`` (frames uint8, ids int64, strings as lists).
+
+    The samples of one clip (one per caption / question) arrive next to each other; for in-batch-negative
+    losses (retrieval) pass ``local_shuffle_buffer_size`` (e.g. 8 × batch_size) to spread them out.
+    """
     import ray.train
 
     shard = ray.train.get_dataset_shard(split)
     return shard.iter_torch_batches(batch_size=batch_size, collate_fn=CollateSamples(),
-                                    prefetch_batches=prefetch_batches, drop_last=drop_last)
+                                    prefetch_batches=prefetch_batches, drop_last=drop_last,
+                                    local_shuffle_buffer_size=local_shuffle_buffer_size)
