@@ -14,6 +14,7 @@ Parameter), maps heads by role (the pretrained VTM head ``fc`` → the QA models
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -59,9 +60,15 @@ class LoadReport:
 
 
 def read_state_dict(path: str) -> dict:
-    """``torch.load(weights_only=True)`` on CPU; unwraps a ``{"state_dict"|"model": {...}}`` nesting."""
+    """``torch.load(weights_only=True)`` on CPU; unwraps ``{"state_dict"|"model"|"backbone": {...}}`` nestings.
+
+    A directory means its ``state.pt``, so a meltr_ray training checkpoint (whose weights sit under
+    ``"backbone"``) can start another fine-tuning run.
+    """
+    if os.path.isdir(path):
+        path = os.path.join(path, "state.pt")
     obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
+    for key in ("state_dict", "model", "backbone"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict) and not torch.is_tensor(obj.get(key)):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):

@@ -164,3 +164,13 @@ def test_pretrain_layout_into_action(tmp_path):
     _, report = filter_violet_state_dict(synthetic_checkpoint("violet_retrieval"), model)
     assert sorted(report.initialised) == sorted(f"fc_cls.{i}.{p}" for i in (1, 3) for p in ("weight", "bias"))
     assert all(k.startswith(("fc.", "fc_mtm.", "enc_txt.emb_txt.position_ids")) for k in report.skipped)
+
+
+def test_meltr_ray_training_checkpoint_directory_loads(tmp_path):
+    """A checkpoint written by meltr_ray.checkpoint (weights under "backbone" in dir/state.pt) can be resumed from."""
+    from meltr_ray.checkpoint import save_checkpoint
+    source = tiny("action")
+    save_checkpoint({"backbone": source.state_dict(), "epoch": 3, "combiner": {}}, tmp_path / "epoch_003")
+    target = tiny("action", pretrained=str(tmp_path / "epoch_003"), verbose=False)
+    assert target.load_report.initialised == {}
+    assert all(torch.equal(target.state_dict()[k], v) for k, v in source.state_dict().items())
