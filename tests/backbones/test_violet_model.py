@@ -247,3 +247,31 @@ def test_answers_outside_the_vocabulary_carry_no_loss_and_count_as_wrong(models)
     batch["answer"][:] = -1                                  # the data layer's "not in the top-K answers"
     assert float(models["qa_oe"](batch, tasks=["oe"])["oe"].detach()) == 0.0
     assert models["qa_oe"].evaluate([batch]) == {"accuracy": 0.0}
+
+
+def test_official_geometry_224px_five_frames():
+    """Base's window (8, 7, 7) at 224 px and 5 frames: the temporal window shrinks to 5, the spatial windows
+    tile 56/28/14/7 exactly, and our bias index for the shrunk window equals the official ``index[:N, :N]``."""
+    from meltr_ray.backbones.video_swin import relative_position_index
+    full = relative_position_index((8, 7, 7), (8, 7, 7))
+    n = 5 * 7 * 7
+    assert torch.equal(relative_position_index((5, 7, 7), (8, 7, 7)), full[:n, :n])
+    model = tiny("retrieval", window=(8, 7, 7))
+    batch = make_batch("retrieval", batch=2, frames=5, size=224)
+    assert batch["vq_ids"].shape == (2, 5, 7, 7)
+    losses = model(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.enc_img.swin.layers[0].blocks[1].attn.relative_position_bias_table.grad is not None
+
+
+@pytest.mark.slow
+def test_violet_base_forward_backward_at_official_size():
+    torch.manual_seed(0)
+    model = create_backbone("violet_base", task="qa_oe", mvm_vocab=8192)
+    batch = make_batch("qa_oe", batch=2, frames=5, size=224, length=25)
+    batch["vq_ids"] = torch.randint(0, 8192, (2, 5, 7, 7))
+    batch["text_ids"] = batch["text_ids"].clamp(max=30521)
+    losses = model(batch)
+    assert list(losses) == ["oe", "vtm", "mtm", "mvm"] and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
