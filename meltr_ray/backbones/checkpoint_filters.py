@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-VIOLET_BACKBONE_PREFIXES = ("enc_img.", "enc_txt.", "trsfr.")
 # checkpoint head module -> loss role (the official names across the pretrain/retrieval/QA models)
 VIOLET_HEAD_ROLES = {"fc": "vtm", "fc_vtm": "vtm", "fc_mtm": "mtm", "fc_mvm": "mvm", "fc_oe": "oe",
                      "fc_mc": "mc", "fc_cls": "cls"}
