@@ -139,3 +139,12 @@ def test_torch_trainer_two_workers_get_each_sample_once_per_epoch(ray_cluster, s
         merged = per_worker[0] + per_worker[1]
         assert len(merged) == len(set(merged)) == len(expected) and set(merged) == expected
         assert sum(log["epochs"][epoch]["wrong"] for log in logs) == 0
+
+
+def test_dataset_meta_from_a_path_or_a_uri(shards):
+    from meltr_ray.cluster.data import read_dataset_meta
+
+    assert read_dataset_meta(shards["dir"]) == read_dataset_meta("file://" + shards["dir"])
+    assert read_dataset_meta(shards["dir"])["vq_grid"] == [2, 2]
+    with pytest.raises(FileNotFoundError):
+        read_dataset_meta(str(shards["root"]))

@@ -123,21 +123,34 @@ class CollateSamples(NumpyBatchCollateFn):
         return out
 
 
+def _read_json(path: str):
+    """A JSON file from a local path or a pyarrow filesystem URI (``s3://…``, ``gs://…``); None if missing."""
+    if "://" not in path:
+        if not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+    import pyarrow.fs
+    fs, inner = pyarrow.fs.FileSystem.from_uri(path)
+    if fs.get_file_info(inner).type == pyarrow.fs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(inner) as f:
+        return json.loads(f.read().decode())
+
+
 def read_dataset_meta(shard_dir: str) -> dict:
-    """``dataset.json`` written by ``meltr-ray ingest`` (splits → shard files, modality, vq grid, ...)."""
-    path = os.path.join(shard_dir, "dataset.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: is {shard_dir} the --out of meltr-ray ingest?")
-    with open(path) as f:
-        return json.load(f)
+    """``dataset.json`` written by ``meltr-ray ingest`` (splits → shard files, modality, vq grid, ...).
+
+    ``shard_dir`` may be a local folder or a URI (e.g. the ingest output uploaded to ``s3://bucket/shards``).
+    """
+    meta = _read_json(os.path.join(shard_dir, "dataset.json"))
+    if meta is None:
+        raise FileNotFoundError(f"{shard_dir}/dataset.json not found: is it the --out of meltr-ray ingest?")
+    return meta
 
 
 def _answer_vocab(shard_dir: str, meta: dict) -> list[str]:
-    path = os.path.join(shard_dir, meta.get("answer_vocab") or "answer_vocab.json")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return json.load(f)
+    return _read_json(os.path.join(shard_dir, meta.get("answer_vocab") or "answer_vocab.json")) or []
 
 
 def _columns(meta: dict) -> list[str]:

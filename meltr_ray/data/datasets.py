@@ -137,6 +137,7 @@ def read_youcook2(annotations: str, videos: str | None = None, features: str | N
     """YouCook2 (UniVL): S3D features per video, one row per annotated clip with its caption."""
     if not features:
         raise ValueError("youcook2 needs features=<youcookii_videos_features.pickle>")
+    max_frames = int(max_frames)                         # CLI options arrive as strings
     transcript = load_pickle(annotations, allow_pickle)
     feats = load_pickle(features, allow_pickle)
     for split, path in (("train", train_csv), ("val", val_csv)):
