@@ -173,8 +173,9 @@ def _read_bins(files: list[str], decode_actors: int):
     if BIN_ENV in os.environ:
         yield
         return
-    total = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
-    os.environ[BIN_ENV] = str(int(min(max(total // (4 * max(decode_actors, 1)), 64 << 10), 16 << 20)))
+    total = sum(os.path.getsize(f) for f in files if os.path.isfile(f))       # 0 for remote shards
+    per_actor = total // (4 * max(decode_actors, 1)) if total else 16 << 20
+    os.environ[BIN_ENV] = str(int(min(max(per_actor, 64 << 10), 16 << 20)))
     try:
         yield
     finally:
