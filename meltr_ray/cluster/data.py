@@ -1,7 +1,8 @@
 """Ray Data pipeline: Parquet shards → decoded frames + token ids → Ray Train workers.
 
     read_parquet(shards of one split) → select_columns → map_batches(DecodeSamples, ActorPoolStrategy(n))
-    → TorchTrainer(datasets={...}) → ray.train.get_dataset_shard(split).iter_torch_batches(collate_fn=CollateSamples())
+    → TorchTrainer(datasets={...})
+    → ray.train.get_dataset_shard(split).iter_torch_batches(collate_fn=CollateSamples())
 
 * ``DecodeSamples`` is a class UDF (one decoder and tokenizer per actor) around
   :class:`meltr_ray.data.samples.SampleBuilder`: it decodes each clip once and emits one sample per text item,

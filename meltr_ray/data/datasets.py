@@ -192,6 +192,6 @@ def read_cmu_mosi(annotations: str, videos: str | None = None, allow_pickle: boo
             yield rec
 
 
-FORMATS = {"msrvtt": read_msrvtt, "violet-retrieval": read_violet_retrieval, "msvd-qa": read_violet_qa, "tgif-action": read_violet_qa,
-           "tgif-transition": read_violet_qa, "tgif-frame": read_violet_qa, "youcook2": read_youcook2,
-           "cmu-mosi": read_cmu_mosi}
+FORMATS = {"msrvtt": read_msrvtt, "violet-retrieval": read_violet_retrieval, "msvd-qa": read_violet_qa,
+           "tgif-action": read_violet_qa, "tgif-transition": read_violet_qa, "tgif-frame": read_violet_qa,
+           "youcook2": read_youcook2, "cmu-mosi": read_cmu_mosi}

@@ -155,7 +155,8 @@ def ingest(format: str = "jsonl", videos: str | None = None, annotations: str | 
     vocab = vocab if vocab is not None else build_answer_vocab(records, answer_vocab_size)
     records = _drop_missing(records, videos, skipped)
     plan = plan_shards(records, videos, shard_bytes, max_rows_per_shard)
-    options = {"min_frames": min_frames, "decoder": decoder, "rgr": row_group_rows or row_group_rows_for(records, videos)}
+    options = {"min_frames": min_frames, "decoder": decoder,
+               "rgr": row_group_rows or row_group_rows_for(records, videos)}
     report = IngestReport(out=out, skipped=skipped)
     todo = _reuse_finished(plan, out, videos, options, report)
     _remove_stale(out, plan)

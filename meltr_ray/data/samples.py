@@ -13,8 +13,8 @@ training behaviour). ``sample_id`` = ``"{row id}#{item index}"`` identifies a sa
 Output (numpy, one entry per sample; the collate turns numbers into tensors and keeps strings as lists):
 ``video_id``, ``sample_id`` (str); ``frames`` uint8 (T, S, S, 3); ``frame_indices`` int64 (T,); ``text_ids`` /
 ``text_mask`` int64 (L,) or (O, L) for ``qa_mc`` (+ ``option_mask`` (O,)); ``answer`` / ``label`` int64;
-``score`` float32; ``vq_ids`` int64 (T, h, w) when ``vq_grid`` is set (-1 where a row has no codes); ``features`` float32 (F, D) and
-``feature_mask`` int64 (F,) for feature datasets.
+``score`` float32; ``vq_ids`` int64 (T, h, w) when ``vq_grid`` is set (-1 where a row has no codes);
+``features`` float32 (F, D) and ``feature_mask`` int64 (F,) for feature datasets.
 """
 from __future__ import annotations
 
@@ -85,8 +85,9 @@ class SampleBuilder:
     def __init__(self, *, task: str = "retrieval", num_frames: int = 4, image_size: int = 32,
                  max_text_len: int = 16, vocab_path: str | None = None, sampling: str = "uniform",
                  resize_mode: str = "stretch", min_frames: int = 1, decoder="decord", modality: str = "video",
-                 vq_grid: tuple[int, int] | None = None, feature_dim: int = 0, num_options: int = 5, answer_vocab: list[str] | None = None,
-                 text_mode: str = "all", max_feature_frames: int = 48, decode_timeout_s: float | None = 60.0,
+                 vq_grid: tuple[int, int] | None = None, feature_dim: int = 0, num_options: int = 5,
+                 answer_vocab: list[str] | None = None, text_mode: str = "all", max_feature_frames: int = 48,
+                 decode_timeout_s: float | None = 60.0,
                  seed: "int | list[int] | None" = None, on_bad_row: BadRowHook | None = None):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; known: {TASKS}")
