@@ -172,6 +172,8 @@ def rank_results(tmp_path_factory) -> dict:
     """Run every scenario on WORLD fresh processes: ``{scenario: [rank 0's results, rank 1's, ...]}``."""
     out_dir = tmp_path_factory.mktemp("distributed")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore::FutureWarning"}
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")   # loopback: no dependence on how the hostname resolves
     procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(rank), str(WORLD),
                                str(out_dir / "store"), str(out_dir)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
