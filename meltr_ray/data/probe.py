@@ -2,9 +2,9 @@
 
 Native decoders can hang inside C code (decord issues #373, #269) or crash the process; neither can be
 interrupted from Python. So every file is opened, measured and test-decoded by :func:`probe_video` in a
-pool of long-lived worker processes (``spawn``), and the parent kills and replaces a worker whose file takes
-longer than ``timeout_s`` or that dies. The file is then reported as skipped with the reason, and the pool goes
-on with the next file. Workers send their stderr (decord prints raw input bytes on bad input) to a log file.
+pool of long-lived worker processes (forked from a ``forkserver``), and the parent kills and replaces a worker
+whose file takes longer than ``timeout_s`` or that dies. The file is then reported as skipped with the reason,
+and the pool goes on with the next file. Workers send their stderr (decord prints raw input bytes on bad input) to a log file.
 """
 from __future__ import annotations
 
@@ -69,6 +69,17 @@ def _worker_main(conn, probe_fn: ProbeFn, kwargs: dict, stderr_path: str | None)
         conn.send((key, result))
 
 
+def worker_context():
+    """``forkserver`` (POSIX): one clean server process imports this module once and forks every worker from
+    it, so starting a worker — and replacing a killed one — costs milliseconds, and nothing is forked from a
+    parent that runs threads (Ray, torch). ``spawn`` where forkserver does not exist."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
 class _Worker:
     def __init__(self, ctx, probe_fn, kwargs, stderr_path):
         self.conn, child = ctx.Pipe()
@@ -95,7 +106,7 @@ class ProbePool:
                  probe_kwargs: dict | None = None, stderr_path: str | None = None):
         self.n, self.timeout_s = max(1, workers), timeout_s
         self._args = (probe_fn, dict(probe_kwargs or {}), stderr_path)
-        self._ctx = mp.get_context("spawn")
+        self._ctx = worker_context()
         self._workers: list[_Worker] = []
 
     def __enter__(self) -> "ProbePool":
