@@ -83,3 +83,45 @@ class SharedForwardTrainer(BilevelTrainer):
         self._apply_meta_gradient(grads, norm)
         self.counters.meta_steps += 1
         return {"train_loss": float(total.detach()), "meta_grad_norm": norm}
+
+
+def check_against_core(neumann_steps: int = 3) -> float:
+    """Relative max difference between the prototype's φ-gradient and the core's ``hypergradient`` at the same w
+    with A = B = the same batch (float64, MELTR in eval mode). Run ``python benchmarks/meta_step_levers.py``."""
+    import copy
+
+    import torch
+
+    from meltr_ray.config import JobConfig
+    from meltr_ray.loop import build_trainer
+    from meltr_ray.meltr import build_combiner
+    from bench_meta_step import SIZES, build_model, make_batches
+
+    size = SIZES["cpu"]
+    cfg = JobConfig().with_overrides({**size["meltr"], "meta.neumann_steps": neumann_steps, "meta.meta_every": 1,
+                                      "meltr.eval_mode": True, "meta.clip_norm": None})
+    torch.manual_seed(0)
+    model = build_model(size).double()
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in make_batches(size, 1, "cpu")[0].items()}
+    core = build_trainer(copy.deepcopy(model), build_combiner(cfg.meltr, 3).double(), cfg)
+    core.combiner.eval()
+    with core._meta_context():
+        outer, inner, _ = core.meta_losses(batch, batch)
+        expected = hypergradient(outer, inner, core.scope_params, core.meta_params, neumann_steps=neumann_steps,
+                                 neumann_lr=cfg.optim.backbone_lr)
+    shared = SharedForwardTrainer.from_trainer(
+        build_trainer(copy.deepcopy(model), copy.deepcopy(core.combiner), cfg), outer="current")
+    captured = []
+    shared._apply_meta_gradient = lambda grads, norm: captured.append(grads)
+    shared.step(batch)
+    got, ref = (torch.cat([g.reshape(-1) for g in gs]) for gs in (captured[0], expected))
+    return float((got - ref).abs().max() / ref.abs().max())
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    for k in (0, 3):
+        print(f"K={k}: shared-forward prototype vs core hypergradient, relative max difference "
+              f"{check_against_core(k):.1e}")
