@@ -92,15 +92,18 @@ class RayCheckpointIO:
                 self.tmpdir = None
 
 
-def split_batches(data_config: dict, split: str, batch_size: int, rank: int, world_size: int):
-    """A ``batches(epoch)`` function for ``split``, or ``None`` when the run has no such split."""
+def split_batches(data_config: dict, split: str, batch_size: int, rank: int, world_size: int,
+                  drop_last: bool = False):
+    """A ``batches(epoch)`` function for ``split``, or ``None`` when the run has no such split.
+
+    The training split drops its last partial batch: every DDP rank then takes the same number of equal steps.
+    """
     if split in data_config.get("ray_splits", ()):
         collate = data_config.get("collate_fn")
 
         def from_shard(epoch: int):
             shard = ray.train.get_dataset_shard(split)
-            return shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate,
-                                            drop_last=(split == "train"))
+            return shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate, drop_last=drop_last)
         return from_shard
     local = data_config.get("local_batches")
     if local is not None and split in data_config.get("local_splits", ()):
@@ -150,7 +153,7 @@ def train_loop_per_worker(config: dict) -> dict:
     io = RayCheckpointIO(rank, model.task_names, start_epoch)
     data = config.get("data", {})
     batch = cfg.train.batch_size
-    train_batches = split_batches(data, cfg.data.train_split, batch, rank, world)
+    train_batches = split_batches(data, cfg.data.train_split, batch, rank, world, drop_last=True)
     if train_batches is None:
         raise ValueError(f"no data for split {cfg.data.train_split!r} (data.train_split)")
     meta_split = cfg.data.meta_split if cfg.meta.source == "split" else None
