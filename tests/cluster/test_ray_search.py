@@ -31,3 +31,34 @@ def test_searchers_and_asha():
     none = parse_space({"metric": "m", "mode": "min", "scheduler": {"type": "none"},
                         "params": {"reg_weight": {"distribution": "choice", "values": [1.0]}}})
     assert isinstance(make_scheduler(none, epochs=4), FIFOScheduler)
+
+
+def test_live_table_survives_pickling_after_rendering():
+    import io
+    import pickle
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from meltr_ray.cluster.progress import LiveTrialTable
+    table = LiveTrialTable("val_r1", "max", ["reg_weight", "neumann_steps"], epochs=3)
+    trial = SimpleNamespace(trial_id="t1", config={"reg_weight": 0.3, "neumann_steps": 3})
+    table.on_trial_result(0, [], trial, {"epoch": 1, "val_r1": 10.0})
+    table.on_trial_complete(0, [], trial)
+    copy = pickle.loads(pickle.dumps(table))                   # Tune stores callbacks with the experiment
+    assert copy.rows["t1"]["status"] == "ASHA stop" and copy._live is None
+    table.on_experiment_end([])
+    out = io.StringIO()
+    Console(file=out, width=120).print(copy.table())
+    assert "t1" in out.getvalue() and "10" in out.getvalue()
+
+
+def test_node_capacities_read_the_autoscaler_config_on_a_head_node(monkeypatch):
+    import os
+
+    from meltr_ray.cluster import preflight
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    monkeypatch.setattr(preflight, "BOOTSTRAP_CONFIG", preflight.Path(root) / "cluster.yaml")
+    nodes = preflight.node_capacities()
+    assert nodes.count({"CPU": 96, "GPU": 8, "accelerator_type:A100": 1}) == 4
+    assert {"CPU": 0, "train_driver": 16} in nodes
