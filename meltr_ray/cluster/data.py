@@ -32,6 +32,7 @@ import ray
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from ..data.samples import FEATURE_COLUMNS, TEXT_COLUMNS, VIDEO_COLUMNS, VQ_COLUMNS, SampleBuilder
+from ..data.tokenize import read_vocab
 
 log = logging.getLogger(__name__)
 BAD_ROW_LOG = "meltr_ray_bad_rows"
@@ -202,12 +203,14 @@ def build_datasets(shard_dir: str, *, splits=("train", "val"), num_frames: int =
     """``{split: ray.data.Dataset}`` of samples for ``task`` from the shards under ``shard_dir``.
 
     ``pad_to_square`` (Violet) zero-pads each frame centred to a square before the resize; ``resize_mode``
-    ('stretch' | 'pad' | 'crop') overrides it. Splits without shards are left out of the result.
+    ('stretch' | 'pad' | 'crop') overrides it. Splits without shards are left out of the result. The
+    vocabulary and answer list are read here and shipped to the decode actors (they need not be on every
+    node); the shards themselves must be readable from every node (shared storage or ``s3://…``).
     """
     meta = read_dataset_meta(shard_dir)
     _warn_if_no_cpu_left(decode_actors * decode_cpus)
     common = dict(task=task, num_frames=num_frames, image_size=image_size, max_text_len=max_text_len,
-                  vocab_path=vocab_path, resize_mode=resize_mode or ("pad" if pad_to_square else "stretch"),
+                  vocab_path=read_vocab(vocab_path) if vocab_path else None, resize_mode=resize_mode or ("pad" if pad_to_square else "stretch"),
                   min_frames=min_frames, text_mode=text_mode, decoder=decoder, num_options=num_options,
                   modality=meta.get("modality", "video"), feature_dim=meta.get("feature_dim", 0),
                   vq_grid=tuple(meta["vq_grid"]) if meta.get("vq_grid") else None,

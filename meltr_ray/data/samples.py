@@ -83,7 +83,7 @@ class SampleBuilder:
     """
 
     def __init__(self, *, task: str = "retrieval", num_frames: int = 4, image_size: int = 32,
-                 max_text_len: int = 16, vocab_path: str | None = None, sampling: str = "uniform",
+                 max_text_len: int = 16, vocab_path: "str | dict | None" = None, sampling: str = "uniform",
                  resize_mode: str = "stretch", min_frames: int = 1, decoder="decord", modality: str = "video",
                  vq_grid: tuple[int, int] | None = None, feature_dim: int = 0, num_options: int = 5,
                  answer_vocab: list[str] | None = None, text_mode: str = "all", max_feature_frames: int = 48,

@@ -37,13 +37,22 @@ def build_vocab(texts: Iterable[str], path: str, vocab_size: int = 1000, lowerca
     return path
 
 
-def load_tokenizer(vocab_path: str, lowercase: bool = True):
-    """A BERT WordPiece tokenizer from a local ``vocab.txt`` (raises ``FileNotFoundError`` if it is missing)."""
+def load_tokenizer(vocab_path: "str | dict[str, int]", lowercase: bool = True):
+    """A BERT WordPiece tokenizer from a local ``vocab.txt`` (``FileNotFoundError`` if missing) or from an
+    already-read ``{token: id}`` mapping (what the Ray pipeline ships to its actors on other nodes)."""
     from tokenizers import BertWordPieceTokenizer
 
+    if isinstance(vocab_path, dict):
+        return BertWordPieceTokenizer(vocab_path, lowercase=lowercase)
     if not os.path.isfile(vocab_path):
         raise FileNotFoundError(f"vocab file not found: {vocab_path}")
     return BertWordPieceTokenizer(vocab_path, lowercase=lowercase)
+
+
+def read_vocab(vocab_path: str) -> dict[str, int]:
+    """``{token: line number}`` of a BERT ``vocab.txt``."""
+    with open(vocab_path, encoding="utf-8") as f:
+        return {line.rstrip("\n"): i for i, line in enumerate(f) if line.rstrip("\n")}
 
 
 def _special_ids(tokenizer) -> tuple[int, int]:

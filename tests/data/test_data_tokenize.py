@@ -57,3 +57,12 @@ def test_mc_prompt_has_separators_between_question_and_options(tok):
     row = ids[1][mask[1] == 1].tolist()
     assert row.count(sep) == 4                      # question | yellow | magenta | answer
     assert tok.decode(row) == "what colour yellow magenta magenta"
+
+
+def test_tokenizer_from_a_read_vocabulary_matches_the_file(tmp_path):
+    from meltr_ray.data.tokenize import read_vocab
+
+    path = build_vocab(TEXTS, str(tmp_path / "v.txt"), vocab_size=80)
+    ids_file, _ = encode_texts(load_tokenizer(path), TEXTS, 12)
+    ids_dict, _ = encode_texts(load_tokenizer(read_vocab(path)), TEXTS, 12)
+    assert (ids_file == ids_dict).all()
