@@ -155,14 +155,20 @@ class BilevelTrainer:
         ``meta_batch_fn()`` returns the next held-out meta batch (``meta.source='split'``).
         """
         self.counters.step += 1
-        metrics = self.inner_step(batch)
-        if self.counters.step % self.cfg.meta.meta_every == 0 and self.meta_params:
-            metrics.update(self.meta_step(*self._meta_batches(batch, meta_batch_fn)))
-        self.buffer.append(batch)
+        is_meta = self.counters.step % self.cfg.meta.meta_every == 0 and bool(self.meta_params)
+        if is_meta and self.cfg.meta.share_forward:
+            metrics = self.shared_step(batch, meta_batch_fn)
+        else:
+            metrics = self.inner_step(batch)
+            if is_meta:
+                metrics.update(self.meta_step(*self._meta_batches(batch, meta_batch_fn)))
+        if "skipped_inner" not in metrics:       # a non-finite batch must not poison later meta steps
+            self.buffer.append(batch)
         self.counters.last = metrics
         return metrics
 
     def _meta_batches(self, batch, meta_batch_fn):
+        """(A, B): A gives the primary (outer) loss, B the regulariser and L_inner."""
         if self.cfg.meta.source == "split":
             if meta_batch_fn is None:
                 raise ValueError("meta.source='split' needs meta batches (data.meta_split)")
@@ -171,18 +177,18 @@ class BilevelTrainer:
             return batch, batch
         return self.buffer.sample(), self.buffer.sample()
 
-    def inner_step(self, batch) -> dict:
-        """w ← w − α∇_w MELTR(ℓ(w)); the gradient MELTR receives here is discarded."""
+    def _train_modes(self) -> None:
         self.model.train()
         self.combiner.train(not self.cfg.meltr.eval_mode)
+
+    def _forward(self, batch):
+        """ℓ(batch) through the training module (DDP when distributed) and MELTR(ℓ)."""
         losses = self._losses(self.train_model, batch)
         vector = stack_losses(losses, self.task_names)
-        total = self.combiner(vector)
-        self.backbone_optimizer.zero_grad(set_to_none=True)
-        if not self._all_finite(vector, total):
-            self._note_nonfinite("skipped_inner")
-            return {"skipped_inner": 1.0}
-        total.backward()
+        return losses, vector, self.combiner(vector)
+
+    def _inner_update(self) -> None:
+        """Clip and step the backbone on the gradients already accumulated; MELTR's own are discarded."""
         self.combiner.zero_grad(set_to_none=True)
         if self.cfg.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
@@ -190,10 +196,54 @@ class BilevelTrainer:
         if self.backbone_scheduler is not None:
             self.backbone_scheduler.step()
         self.counters.nonfinite_in_row = 0
+
+    def _inner_metrics(self, losses, vector, total) -> dict:
         metrics = {f"loss_{k}": float(v.detach()) for k, v in losses.items()}
         weights = self.combiner.task_weights(vector.detach())
         metrics.update({f"weight_{k}": float(w) for k, w in zip(self.task_names, weights)})
         metrics["train_loss"] = float(total.detach())
+        return metrics
+
+    def inner_step(self, batch) -> dict:
+        """w ← w − α∇_w MELTR(ℓ(w)); the gradient MELTR receives here is discarded."""
+        self._train_modes()
+        losses, vector, total = self._forward(batch)
+        self.backbone_optimizer.zero_grad(set_to_none=True)
+        if not self._all_finite(vector, total):
+            self._note_nonfinite("skipped_inner")
+            return {"skipped_inner": 1.0}
+        total.backward()
+        self._inner_update()
+        return self._inner_metrics(losses, vector, total)
+
+    def shared_step(self, batch, meta_batch_fn=None) -> dict:
+        """Inner and meta step from *one* forward of the current batch (``meta.share_forward``).
+
+        B = the current batch: its forward gives the inner gradient (``backward(retain_graph=True)``) and then,
+        from the same graph, L_inner and the regulariser of the hypergradient, taken at the pre-update w; A
+        comes from the usual source (replay buffer or held-out split). This saves the re-forward of B — with a
+        small scope, most of the meta step's cost — at the price of keeping the full graph through the
+        hypergradient. Then the backbone steps, then MELTR.
+        """
+        meta = self.cfg.meta
+        self._train_modes()
+        with self._math_attention():
+            losses, vector, total = self._forward(batch)
+            self.backbone_optimizer.zero_grad(set_to_none=True)
+            if not self._all_finite(vector, total):
+                self._note_nonfinite("skipped_inner")
+                return {"skipped_inner": 1.0}
+            total.backward(retain_graph=True)
+            outer_batch = self._meta_batches(batch, meta_batch_fn)[0] if len(self.buffer) or \
+                meta.source == "split" else batch
+            with self._only_scope_requires_grad():
+                primary = (losses[self.primary_task] if outer_batch is batch else
+                           self._losses(self.model, outer_batch, tasks=[self.primary_task])[self.primary_task])
+            outer = primary + meta.reg_weight * regulariser(vector, total, meta.reg_form)
+            grads = self._hypergradient(outer, total) if self._all_finite(outer) else None
+        self._inner_update()
+        metrics = self._inner_metrics(losses, vector, total)
+        metrics.update(self._meta_update(grads, outer, primary))
         return metrics
 
     @contextlib.contextmanager
@@ -209,16 +259,21 @@ class BilevelTrainer:
             for p in frozen:
                 p.requires_grad_(True)
 
+    @staticmethod
+    def _math_attention():
+        # Double backward is not implemented for the fused attention kernels: use the math backend.
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        return sdpa_kernel(SDPBackend.MATH)
+
     def _meta_context(self):
         stack = contextlib.ExitStack()
         stack.enter_context(self._only_scope_requires_grad())
-        # Double backward is not implemented for the fused attention kernels: use the math backend.
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        stack.enter_context(self._math_attention())
         return stack
 
     def meta_losses(self, outer_batch, reg_batch):
-        """(L_outer, L_inner closure) for the meta step; global mode averages the loss vectors across ranks."""
+        """(L_outer, L_inner or its closure, primary) for the meta step; global mode averages the loss
+        vectors across ranks (differentiably), so every rank sees the global batch's losses."""
         meta, glob = self.cfg.meta, self.cfg.meta.global_hypergrad
         average = dist_utils.all_reduce_mean_differentiable if glob else (lambda x: x)
 
@@ -232,23 +287,28 @@ class BilevelTrainer:
         inner = (lambda: inner_parts()[1]) if meta.method == "finite_difference" else combined
         return outer, inner, primary
 
+    def _hypergradient(self, outer, inner) -> list:
+        meta = self.cfg.meta
+        return list(hypergradient(
+            outer, inner, self.scope_params, self.meta_params, neumann_steps=int(meta.neumann_steps),
+            neumann_lr=meta.neumann_lr if meta.neumann_lr is not None else self.cfg.optim.backbone_lr,
+            convention=meta.convention, include_direct=meta.include_direct, method=meta.method,
+            fd_radius=meta.fd_radius, reduce=dist_utils.all_reduce_mean if meta.global_hypergrad else None))
+
     def meta_step(self, outer_batch, reg_batch) -> dict:
         """φ ← φ − β·clip(hypergradient), with the hypergradient averaged across ranks as one flat vector."""
-        meta = self.cfg.meta
-        self.model.train()
-        self.combiner.train(not self.cfg.meltr.eval_mode)
+        self._train_modes()
         with self._meta_context():
             outer, inner, primary = self.meta_losses(outer_batch, reg_batch)
-            if not self._all_finite(outer):
-                self._note_nonfinite("skipped_meta")
-                return {"skipped_meta": 1.0}
-            grads = hypergradient(
-                outer, inner, self.scope_params, self.meta_params, neumann_steps=int(meta.neumann_steps),
-                neumann_lr=meta.neumann_lr if meta.neumann_lr is not None else self.cfg.optim.backbone_lr,
-                convention=meta.convention, include_direct=meta.include_direct, method=meta.method,
-                fd_radius=meta.fd_radius,
-                reduce=dist_utils.all_reduce_mean if meta.global_hypergrad else None)
-        grads = dist_utils.all_reduce_mean(list(grads))
+            grads = self._hypergradient(outer, inner) if self._all_finite(outer) else None
+        return self._meta_update(grads, outer, primary)
+
+    def _meta_update(self, grads, outer, primary) -> dict:
+        """Average the hypergradient across ranks, skip it if non-finite, clip it and step MELTR."""
+        if grads is None:
+            self._note_nonfinite("skipped_meta")
+            return {"skipped_meta": 1.0}
+        grads = dist_utils.all_reduce_mean(grads)
         norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
         if not math.isfinite(norm):
             self._note_nonfinite("skipped_meta")

@@ -75,6 +75,7 @@ class MetaConfig:
     scope: Any = "default"                 # all | default (backbone's choice) | list of fnmatch patterns
     meta_every: int = 3                    # meta step every N inner steps (official auxgrad_every)
     source: str = "replay"                 # replay | split
+    share_forward: bool = False            # meta iterations reuse the inner forward: B = the current batch
     buffer_size: int = 10
     eviction: str = "fifo"                 # fifo | weighted (official Violet/All-in-one) | random
     clip_norm: float | None = 12.0         # global-norm clip of the hypergradient
@@ -267,6 +268,8 @@ def validate(cfg: JobConfig) -> None:
         raise ValueError(f"meta.fd_radius must be > 0, got {cfg.meta.fd_radius!r}")
     if cfg.meta.source == "split" and not cfg.data.meta_split:
         raise ValueError("meta.source='split' needs data.meta_split (the held-out meta split's name)")
+    if cfg.meta.share_forward and (cfg.meta.global_hypergrad or cfg.meta.method != "neumann"):
+        raise ValueError("meta.share_forward works with meta.method='neumann' and without meta.global_hypergrad")
     if cfg.train.max_steps is not None and (not isinstance(cfg.train.max_steps, int) or cfg.train.max_steps < 1):
         raise ValueError(f"train.max_steps must be an integer >= 1 or None, got {cfg.train.max_steps!r}")
     if cfg.cluster.num_workers < 0:

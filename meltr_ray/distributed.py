@@ -51,8 +51,14 @@ def all_reduce_mean_differentiable(x: torch.Tensor) -> torch.Tensor:
     """
     if not is_distributed():
         return x
+    import warnings
+
     from torch.distributed.nn.functional import all_reduce
-    return all_reduce(x, op=dist.ReduceOp.SUM) / world_size()
+    # Deprecated in torch 2.13 in favour of _functional_collectives.all_reduce, which has no autograd formula;
+    # this one's backward is itself an all-reduce, so it supports the double backward the HVPs need.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed.nn.functional.*deprecated")
+        return all_reduce(x, op=dist.ReduceOp.SUM) / world_size()
 
 
 def broadcast_module_(module: torch.nn.Module, src: int = 0) -> None:

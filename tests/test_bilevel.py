@@ -172,3 +172,44 @@ def test_fit_finite_difference_method_and_max_steps():
                               "train.max_steps": 5})
     out = fit(model, meltr, cfg, lambda epoch: toy_batches(3, seed=epoch))
     assert out["step"] == 5 and out["meta_steps"] == 5 and out["epoch"] == 2
+
+
+def test_shared_forward_hypergradient_equals_the_meta_step_on_the_current_batch():
+    """meta.share_forward reuses the inner forward: same hypergradient as a separate meta step with
+    A = B = the current batch at the pre-update w (float64, deterministic MELTR)."""
+    import copy
+    overrides = {"meta.meta_every": 1, "meltr.eval_mode": True, "meta.clip_norm": None, "meta.neumann_steps": 3,
+                 "meta.reg_weight": 0.3}
+    cfg, model, meltr = make(overrides)
+    model, meltr = model.double(), meltr.double()
+    batch = {k: v.double() for k, v in toy_batches(1, seed=3)[0].items()}
+    reference = build_trainer(copy.deepcopy(model), copy.deepcopy(meltr), cfg)
+    reference.combiner.eval()
+    with reference._meta_context():
+        outer, inner, _ = reference.meta_losses(batch, batch)
+        expected = reference._hypergradient(outer, inner)
+
+    shared = build_trainer(model, meltr, cfg.with_overrides({"meta.share_forward": True}))
+    captured = []
+    shared._apply_meta_gradient = lambda grads, norm: captured.append(grads)
+    metrics = shared.step(batch)
+    assert "meta_grad_norm" in metrics and "train_loss" in metrics
+    for got, want in zip(captured[0], expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    # and the backbone still took its inner step
+    assert any(not torch.equal(a, b) for a, b in zip(reference.model.parameters(), model.parameters()))
+
+
+def test_shared_forward_trains_and_validates():
+    cfg, model, meltr = make({"meta.meta_every": 2, "meta.share_forward": True, "train.epochs": 2})
+    out = fit(model, meltr, cfg, lambda epoch: toy_batches(4, seed=epoch))
+    assert out["meta_steps"] == 4 and out["skipped_meta"] == 0
+    with pytest.raises(ValueError, match="meta.share_forward works with meta.method='neumann'"):
+        JobConfig().with_overrides({"meta.share_forward": True, "meta.global_hypergrad": True}).validate()
+
+
+def test_skipped_batches_do_not_enter_the_replay_buffer():
+    cfg, model, meltr = make({"meta.meta_every": 100})
+    trainer = build_trainer(model, meltr, cfg)
+    trainer.step(_nan_batch())
+    assert len(trainer.buffer) == 0
