@@ -15,9 +15,10 @@ Levers (``--levers``):
 
 * ``meltr_k3_all``       hypergradient over *all* backbone parameters (the official code's choice);
 * ``meltr_k3_heads``     hypergradient over the heads and final norm only (a smaller scope than the default);
-* ``meltr_k3_shared_b``  PROTOTYPE, not in the core (``meta_step_levers.py``): B = the current batch, sharing the
-  inner step's forward; A from the replay buffer (one extra forward instead of two);
-* ``meltr_k3_shared_ab`` PROTOTYPE: A = B = the current batch (no extra forward);
+* ``meltr_k3_shared_b``  ``meta.share_forward``: B = the current batch, sharing the inner step's forward; A from
+  the replay buffer (one extra forward instead of two);
+* ``meltr_k3_shared_ab`` ``meta.share_forward`` + ``meta.source='current'``: A = B = the current batch (no extra
+  forward);
 * ``meltr_k3_heads_shared_ab`` both levers: heads-only scope and A = B = the current batch.
 
 The default scope is the backbone's ``default_meta_scope``: its top transformer block, the final norm and the task
@@ -57,9 +58,6 @@ from meltr_ray.config import JobConfig
 from meltr_ray.loop import build_trainer
 from meltr_ray.meltr import build_combiner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from meta_step_levers import SharedForwardTrainer  # noqa: E402
-
 # MELTR sizes (meltr.*): gpu uses the Violet-retrieval shape (d_model 512, FFN 512, scale 256: 1.7 M parameters,
 # ~1.5 % of BERT-base); cpu uses the All-in-one shape (128/128/128: ~0.13 M, ~5 % of the CPU backbone) so that
 # MELTR is not larger than the backbone it trains, as it never is in practice.
@@ -72,17 +70,20 @@ SIZES = {
     "cpu": dict(vocab=1000, hidden=128, layers=12, heads=4, seq_len=32, batch_size=8, rounds=6,
                 meltr={"meltr.d_model": 128, "meltr.d_ffn": 128, "meltr.d_scale": 128, "meltr.init": "normal"}),
 }
-# name -> (config overrides, shared-forward prototype: None | "buffer" | "current")
+SHARED = {"meta.share_forward": True}
+HEADS = {"meta.scope": ["heads.*", "final_norm.*"]}
+# name -> config overrides
 VARIANTS = {
-    "mtl": ({"meltr.combiner": "mtl"}, None),
-    "meltr_k0": ({"meta.neumann_steps": 0}, None),
-    "meltr_k3": ({"meta.neumann_steps": 3}, None),
-    # levers (--levers): the scope, both ways, and the shared-forward prototype (meta_step_levers.py)
-    "meltr_k3_all": ({"meta.neumann_steps": 3, "meta.scope": "all"}, None),
-    "meltr_k3_heads": ({"meta.neumann_steps": 3, "meta.scope": ["heads.*", "final_norm.*"]}, None),
-    "meltr_k3_shared_b": ({"meta.neumann_steps": 3}, "buffer"),
-    "meltr_k3_shared_ab": ({"meta.neumann_steps": 3}, "current"),
-    "meltr_k3_heads_shared_ab": ({"meta.neumann_steps": 3, "meta.scope": ["heads.*", "final_norm.*"]}, "current"),
+    "mtl": {"meltr.combiner": "mtl"},
+    "meltr_k0": {"meta.neumann_steps": 0},
+    "meltr_k3": {"meta.neumann_steps": 3},
+    # levers (--levers): the scope, both ways, and the shared forward (meta.share_forward, meta.source)
+    "meltr_k3_all": {"meta.neumann_steps": 3, "meta.scope": "all"},
+    "meltr_k3_heads": {"meta.neumann_steps": 3, **HEADS},
+    "meltr_k3_shared_b": {"meta.neumann_steps": 3, **SHARED},
+    "meltr_k3_shared_ab": {"meta.neumann_steps": 3, **SHARED, "meta.source": "current"},
+    "meltr_k3_heads_shared_b": {"meta.neumann_steps": 3, **SHARED, **HEADS},
+    "meltr_k3_heads_shared_ab": {"meta.neumann_steps": 3, **SHARED, **HEADS, "meta.source": "current"},
 }
 DEFAULT_VARIANTS = ["mtl", "meltr_k0", "meltr_k3"]
 META_EVERY = 3
@@ -164,7 +165,7 @@ def make_batches(size: dict, count: int, device, num_classes: int = 8, num_tags:
 def make_config(variant: str, size: dict, precision: str) -> JobConfig:
     base = {"optim.schedule": "constant", "meta.meta_every": META_EVERY, "train.precision": precision,
             "meta.scope": "default", **size["meltr"]}
-    return JobConfig().with_overrides({**base, **VARIANTS[variant][0]}).validate()
+    return JobConfig().with_overrides({**base, **VARIANTS[variant]}).validate()
 
 
 def make_trainer(variant: str, base_model: nn.Module, size: dict, precision: str, device):
@@ -172,9 +173,7 @@ def make_trainer(variant: str, base_model: nn.Module, size: dict, precision: str
     model = copy.deepcopy(base_model)
     torch.manual_seed(1)
     combiner = build_combiner(cfg.meltr, len(model.task_names)).to(device)
-    trainer = build_trainer(model, combiner, cfg, device=device)
-    shared = VARIANTS[variant][1]
-    return SharedForwardTrainer.from_trainer(trainer, outer=shared) if shared else trainer
+    return build_trainer(model, combiner, cfg, device=device)
 
 
 class Runner:

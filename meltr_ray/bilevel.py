@@ -6,9 +6,10 @@ Every ``meta_every`` steps (outer, on φ):
     L_outer = ℓ_pri(A) + γ·reg(ℓ(B), φ),   reg = |Σ_t ℓ_t(B) − MELTR(ℓ(B); φ)|  (or its square)
     L_inner = MELTR(ℓ(B); φ)
     φ ← φ − β·clip(hypergradient(L_outer, L_inner, w_scope, φ))
-A and B come from a replay buffer of recent training batches (official behaviour: drawn independently at
-random, re-forwarded with the current w) or, with ``meta.source='split'``, A from a held-out meta split and B
-the current training batch.
+A and B come from a replay buffer of recent training batches (``meta.source='replay'``, official behaviour:
+drawn independently at random, re-forwarded with the current w), or A from a held-out meta split and B the
+current training batch (``'split'``), or both the current batch (``'current'``). With ``meta.share_forward``
+the meta iteration reuses the inner step's forward of the current batch as B (see :meth:`shared_step`).
 """
 from __future__ import annotations
 
@@ -169,6 +170,8 @@ class BilevelTrainer:
 
     def _meta_batches(self, batch, meta_batch_fn):
         """(A, B): A gives the primary (outer) loss, B the regulariser and L_inner."""
+        if self.cfg.meta.source == "current":
+            return batch, batch
         if self.cfg.meta.source == "split":
             if meta_batch_fn is None:
                 raise ValueError("meta.source='split' needs meta batches (data.meta_split)")
@@ -235,7 +238,7 @@ class BilevelTrainer:
                 return {"skipped_inner": 1.0}
             total.backward(retain_graph=True)
             outer_batch = self._meta_batches(batch, meta_batch_fn)[0] if len(self.buffer) or \
-                meta.source == "split" else batch
+                meta.source != "replay" else batch
             with self._only_scope_requires_grad():
                 primary = (losses[self.primary_task] if outer_batch is batch else
                            self._losses(self.model, outer_batch, tasks=[self.primary_task])[self.primary_task])

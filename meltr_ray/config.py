@@ -74,7 +74,7 @@ class MetaConfig:
     fd_radius: float = 1e-2                # finite-difference radius R (ε = R/‖p‖)
     scope: Any = "default"                 # all | default (backbone's choice) | list of fnmatch patterns
     meta_every: int = 3                    # meta step every N inner steps (official auxgrad_every)
-    source: str = "replay"                 # replay | split
+    source: str = "replay"                 # replay | split | current (where meta batch A comes from)
     share_forward: bool = False            # meta iterations reuse the inner forward: B = the current batch
     buffer_size: int = 10
     eviction: str = "fifo"                 # fifo | weighted (official Violet/All-in-one) | random
@@ -219,7 +219,7 @@ _CHOICES = {
     "meta.reg_form": {"abs", "square"},
     "meta.convention": {"series", "inverse"},
     "meta.method": {"neumann", "finite_difference"},
-    "meta.source": {"replay", "split"},
+    "meta.source": {"replay", "split", "current"},
     "meta.eviction": {"fifo", "weighted", "random"},
     "optim.optimizer": {"adam", "adamw"},
     "optim.schedule": {"linear", "constant"},

@@ -174,12 +174,14 @@ def test_fit_finite_difference_method_and_max_steps():
     assert out["step"] == 5 and out["meta_steps"] == 5 and out["epoch"] == 2
 
 
-def test_shared_forward_hypergradient_equals_the_meta_step_on_the_current_batch():
+@pytest.mark.parametrize("source", ["replay", "current"])
+def test_shared_forward_hypergradient_equals_the_meta_step_on_the_current_batch(source):
     """meta.share_forward reuses the inner forward: same hypergradient as a separate meta step with
-    A = B = the current batch at the pre-update w (float64, deterministic MELTR)."""
+    A = B = the current batch at the pre-update w (float64, deterministic MELTR). With source='replay' and an
+    empty buffer A is the current batch; with source='current' it is whatever the buffer holds."""
     import copy
     overrides = {"meta.meta_every": 1, "meltr.eval_mode": True, "meta.clip_norm": None, "meta.neumann_steps": 3,
-                 "meta.reg_weight": 0.3}
+                 "meta.reg_weight": 0.3, "meta.source": source}
     cfg, model, meltr = make(overrides)
     model, meltr = model.double(), meltr.double()
     batch = {k: v.double() for k, v in toy_batches(1, seed=3)[0].items()}
@@ -190,6 +192,8 @@ def test_shared_forward_hypergradient_equals_the_meta_step_on_the_current_batch(
         expected = reference._hypergradient(outer, inner)
 
     shared = build_trainer(model, meltr, cfg.with_overrides({"meta.share_forward": True}))
+    if source == "current":
+        shared.buffer.append({k: v.double() for k, v in toy_batches(1, seed=11)[0].items()})
     captured = []
     shared._apply_meta_gradient = lambda grads, norm: captured.append(grads)
     metrics = shared.step(batch)
