@@ -59,7 +59,8 @@ def _prepare(cfg: JobConfig, demo: bool, address: str | None, plugins=(), has_fa
     preflight.check_backbone(cfg)
     if demo:
         from .demo import prepare_demo_data
-        shards, vocab = prepare_demo_data(os.path.join(storage, "demo_data"))
+        local_root = storage if "://" not in storage else os.path.expanduser("~/.cache/meltr_ray")
+        shards, vocab = prepare_demo_data(os.path.join(local_root, "demo_data"))
         cfg = cfg.with_overrides({"data.path": shards, "data.vocab_path": cfg.data.vocab_path or vocab,
                                   "cluster.max_concurrent_trials": cfg.cluster.max_concurrent_trials or 2})
     if cfg.data.path is not None or not has_factory:
