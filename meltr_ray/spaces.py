@@ -210,3 +210,20 @@ def space_for(backbone: str, task: str) -> SearchSpace:
         if (SPACES_DIR / f"{name}.yaml").exists():
             return load_space(name)
     raise SpaceError(f"no search space for {family}/{task} and no tune_spaces/default.yaml")
+
+
+# The paper's setting (Supp. A.3): γ = 0.3 (grid {0.1, 0.3, 0.5}), α = 3e-5, β = 1e-4, K = 3, official auxgrad_every 3.
+PAPER_VALUES = {"meta.reg_weight": 0.3, "optim.backbone_lr": 3e-5, "optim.meltr_lr": 1e-4,
+                "meta.neumann_steps": 3, "meta.meta_every": 3}
+
+
+def paper_point(space: SearchSpace) -> dict | None:
+    """The paper's setting in the space's parameter names, when every searched parameter has a paper value
+    inside its range (the searcher then evaluates it first); else ``None``."""
+    point = {}
+    for name in space.params:
+        value = PAPER_VALUES.get(FIELD_ALIASES.get(name, name))
+        if value is None or not space.contains(name, value):
+            return None
+        point[name] = value
+    return point
