@@ -8,7 +8,15 @@ from meltr_ray.meltr import MELTR
 
 from toy_models import ToyMultiTask, toy_batches
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Closed-form comparisons in float64; restored afterwards so other test modules keep float32."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 class Quadratic:
