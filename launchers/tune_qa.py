@@ -13,4 +13,5 @@ if __name__ == "__main__":
     if "--data" not in sys.argv and "--restore" not in sys.argv:
         sys.exit("tune_qa.py needs --data (Parquet shards from `meltr-ray ingest --format msvd-qa ...`); "
                  "the embedded demo is launchers/tune_retrieval.py")
-    sys.exit(tune_main("qa", description=__doc__.split("\n\n")[0]))
+    # open-ended QA (MSVD-QA, TGIF-Frame) by default; --task qa_mc for TGIF-Action / TGIF-Transition
+    sys.exit(tune_main("qa_oe", description=__doc__.split("\n\n")[0]))

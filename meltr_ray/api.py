@@ -38,13 +38,22 @@ def job_config(backbone: str = "violet", task: str = "retrieval", data: str | No
         cfg = None
     demo = data is None and data_factory is None and (cfg is None or cfg.data.path is None)
     if cfg is None:
-        cfg = demo_config() if demo else JobConfig()
+        cfg = demo_config() if demo else (_default_recipe(backbone, task) or JobConfig())
         if not demo or backbone != "violet" or task != "retrieval":
             cfg = cfg.with_overrides({"backbone.name": resolve_backbone(backbone, demo), "backbone.task": task})
     args = {"data.path": data, "backbone.pretrained": pretrained, "cluster.storage_path": storage_path,
             "train.epochs": epochs, "cluster.num_workers": num_workers, "cluster.use_gpu": use_gpu}
     cfg = cfg.with_overrides({k: v for k, v in args.items() if v is not None}).with_overrides(overrides)
     return cfg.validate(), demo
+
+
+def _default_recipe(backbone: str, task: str) -> JobConfig | None:
+    """The official recipe of a backbone family and task (``recipes.find_recipe``), when there is one."""
+    from .recipes import find_recipe, get_recipe
+    try:
+        return get_recipe(find_recipe(backbone, task))
+    except ValueError:
+        return None
 
 
 def _prepare(cfg: JobConfig, demo: bool, address: str | None, plugins=(), has_factory: bool = False,

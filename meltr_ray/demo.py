@@ -3,8 +3,8 @@
 ``prepare_demo_data(root)`` writes synthetic H.264 clips of moving shapes with captions
 (:mod:`meltr_ray.data.synthetic`), ingests them into Parquet shards exactly like a real dataset
 (``meltr-ray ingest``) and trains a WordPiece vocabulary; a second call reuses what is there.
-``demo_config()`` is the ``violet_demo`` recipe when the recipes module has it, else an equivalent CPU job:
-``violet_tiny`` for retrieval, 2 CPU workers per trial, a few short epochs. No Ray here.
+``demo_config()`` is the ``violet_demo`` recipe: ``violet_tiny`` for retrieval, 2 CPU workers per trial, a few
+short epochs. No Ray here.
 """
 from __future__ import annotations
 
@@ -50,18 +50,6 @@ def prepare_demo_data(root: str, num_videos: int = DEMO_VIDEOS, progress: bool =
 
 
 def demo_config() -> JobConfig:
-    """The CPU demo job (``violet_demo`` recipe if registered)."""
-    try:
-        from .recipes import get_recipe
-        return get_recipe(DEMO_RECIPE)
-    except (ImportError, KeyError, ValueError):
-        pass
-    return JobConfig(name="violet_demo").with_overrides({
-        "backbone.name": "violet_tiny", "backbone.task": "retrieval",
-        "train.epochs": 3, "train.batch_size": 8, "train.eval_batch_size": 16, "train.log_every": 2,
-        "data.num_frames": 4, "data.image_size": 32, "data.max_text_len": 16,
-        "meta.meta_every": 3, "meta.neumann_steps": 1,
-        "meltr.d_model": 64, "meltr.d_ffn": 64, "meltr.d_scale": 32, "meltr.n_heads": 4,
-        "cluster.num_workers": 2, "cluster.use_gpu": False, "cluster.cpus_per_worker": 0.5,
-        "cluster.max_failures": 1, "cluster.checkpoints_to_keep": 1,
-    })
+    """The CPU demo job: the ``violet_demo`` recipe (violet_tiny, 64-px frames, 2 CPU workers per trial)."""
+    from .recipes import get_recipe
+    return get_recipe(DEMO_RECIPE)

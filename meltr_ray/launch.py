@@ -9,7 +9,8 @@ import argparse
 
 import yaml
 
-DEFAULT_BACKBONE = {"retrieval": "violet", "qa": "violet", "captioning": "univl", "sentiment": "univl"}
+DEFAULT_BACKBONE = {"retrieval": "violet", "qa": "violet", "qa_oe": "violet", "qa_mc": "violet",
+                    "captioning": "univl", "sentiment": "univl"}
 
 
 def _override(text: str) -> tuple[str, object]:
@@ -23,7 +24,7 @@ def job_arguments(p: argparse.ArgumentParser, task: str | None = "retrieval") ->
     """Options shared by ``train`` and ``tune``: what to fine-tune, on what, where results go."""
     p.add_argument("--backbone", default=DEFAULT_BACKBONE.get(task, "violet"),
                    help="registered backbone or family (family → *_base; *_tiny for the demo)")
-    p.add_argument("--task", default=task or "retrieval", help="retrieval | qa | captioning | sentiment | ...")
+    p.add_argument("--task", default=task or "retrieval", help="retrieval | qa_oe | qa_mc | action | captioning | sentiment")
     p.add_argument("--data", help="directory or URI of Parquet shards from `meltr-ray ingest` (omit: embedded demo)")
     p.add_argument("--vocab", help="WordPiece vocab.txt for the text (data.vocab_path)")
     p.add_argument("--pretrained", help="local path of the official pretrained checkpoint")
