@@ -14,6 +14,13 @@ import socket
 
 import pytest
 
+
+def pytest_configure(config):
+    """One intra-op thread for torch (MELTR_TEST_THREADS to change): the tests' tensors are tiny, and on a shared
+    2-core machine OpenMP threads spinning against other processes made them 10–50× slower."""
+    import torch
+    torch.set_num_threads(int(os.environ.get("MELTR_TEST_THREADS", "1")))
+
 RAY_ENV = {
     "RAY_TRAIN_ENABLE_STATE_TRACKING": "1",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
