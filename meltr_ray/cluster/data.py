@@ -8,7 +8,9 @@
   :class:`meltr_ray.data.samples.SampleBuilder`: it decodes each clip once and emits one sample per text item,
   so batches are pure tensors plus ``video_id`` / ``sample_id`` strings (tokenised inside the UDF).
 * A row that cannot be decoded is dropped, logged (``logger.warning``), reported to the named
-  :class:`BadRowLog` actor (deduplicated by row id: Ray may retry tasks and every epoch re-decodes) and passed
+  :class:`BadRowLog` actor (deduplicated by row id: Ray may retry tasks and every epoch re-decodes; it lives as
+  long as the process that called :func:`build_datasets`, so concurrent trials should pass their own
+  ``log_name``) and passed
   to the optional ``on_bad_row(row_id, video_id, reason)`` hook, which runs *inside the decode actors* (e.g. a
   ``ray.util.metrics`` counter from ``cluster/monitor.py``). :func:`bad_rows` reads the log from anywhere.
 * Only the ``train`` and ``meta`` splits use ``sampling`` ('random' = segment-random); ``val``/``test`` always
@@ -102,7 +104,10 @@ class DecodeSamples:
 
     def _report(self, row_id: str, video_id: str, reason: str) -> None:
         if self.log is not None:
-            self.log.report.remote(row_id, video_id, reason, self.split)
+            try:                        # fire and forget; a log owned by a finished trial must not stop decoding
+                self.log.report.remote(row_id, video_id, reason, self.split)
+            except Exception as exc:    # noqa: BLE001
+                log.warning("bad-row log unavailable (%s); row %s: %s", exc, row_id, reason)
         if self.hook is not None:
             self.hook(row_id, video_id, reason)
 
