@@ -5,9 +5,20 @@ works without it, and ``meltr_ray.tune`` / ``meltr_ray.train`` import the Ray la
 """
 from __future__ import annotations
 
+import importlib
+
 from .config import JobConfig
-from .hypergrad import hypergradient, select_scope
-from .meltr import MELTR, FixedWeights, LinearWeights, MTLSum, build_combiner
+
+# Imported on first use (PEP 562): Ray Data decode actors import this package without paying for torch.
+_LAZY = {"MELTR": "meltr", "MTLSum": "meltr", "FixedWeights": "meltr", "LinearWeights": "meltr",
+         "build_combiner": "meltr", "hypergradient": "hypergrad", "select_scope": "hypergrad"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

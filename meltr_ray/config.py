@@ -119,6 +119,8 @@ class DataConfig:
     max_text_len: int = 16
     vocab_path: str | None = None
     sampling: str = "uniform"              # uniform | random (segment-random)
+    resize_mode: str = "stretch"           # stretch | pad (zero-pad centred to a square first: Violet) | crop
+    shuffle_buffer: int = 8                # shuffle train samples within this many batches (0 = off)
     decode_actors: int = 1
 
 
@@ -225,6 +227,7 @@ _CHOICES = {
     "optim.schedule": {"linear", "constant"},
     "train.precision": {"fp32", "bf16"},
     "data.sampling": {"uniform", "random"},
+    "data.resize_mode": {"stretch", "pad", "crop"},
 }
 _NON_NEGATIVE = ["meta.reg_weight", "meta.neumann_steps", "optim.backbone_lr", "optim.meltr_lr",
                  "optim.backbone_weight_decay", "optim.meltr_weight_decay", "optim.warmup_ratio"]

@@ -102,7 +102,7 @@ def violet_official(name: str) -> JobConfig:
                           grad_clip=None),
         train=TrainConfig(epochs=epochs, batch_size=batch, eval_batch_size=16, eval_every=1, precision="fp32"),
         data=DataConfig(train_split="train", val_split="test", num_frames=5, image_size=224,
-                        max_text_len=text_len, sampling="uniform"),
+                        max_text_len=text_len, sampling="uniform", resize_mode="pad"),   # official: pad to square
         cluster=ClusterConfig(num_workers=8, use_gpu=True),
     )
 

@@ -93,17 +93,21 @@ class RayCheckpointIO:
 
 
 def split_batches(data_config: dict, split: str, batch_size: int, rank: int, world_size: int,
-                  drop_last: bool = False):
+                  drop_last: bool = False, shuffle_batches: int = 0):
     """A ``batches(epoch)`` function for ``split``, or ``None`` when the run has no such split.
 
-    The training split drops its last partial batch: every DDP rank then takes the same number of equal steps.
+    The training split drops its last partial batch: every DDP rank then takes the same number of equal steps,
+    and shuffles within ``shuffle_batches`` batches, because the samples of one clip (one per caption) arrive
+    next to each other and would be false negatives for each other in a retrieval batch.
     """
     if split in data_config.get("ray_splits", ()):
         collate = data_config.get("collate_fn")
+        shuffle = shuffle_batches * batch_size or None
 
         def from_shard(epoch: int):
             shard = ray.train.get_dataset_shard(split)
-            return shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate, drop_last=drop_last)
+            return shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate, drop_last=drop_last,
+                                            local_shuffle_buffer_size=shuffle)
         return from_shard
     local = data_config.get("local_batches")
     if local is not None and split in data_config.get("local_splits", ()):
@@ -153,7 +157,8 @@ def train_loop_per_worker(config: dict) -> dict:
     io = RayCheckpointIO(rank, model.task_names, start_epoch)
     data = config.get("data", {})
     batch = cfg.train.batch_size
-    train_batches = split_batches(data, cfg.data.train_split, batch, rank, world, drop_last=True)
+    train_batches = split_batches(data, cfg.data.train_split, batch, rank, world, drop_last=True,
+                                  shuffle_batches=cfg.data.shuffle_buffer)
     if train_batches is None:
         raise ValueError(f"no data for split {cfg.data.train_split!r} (data.train_split)")
     meta_split = cfg.data.meta_split if cfg.meta.source == "split" else None
