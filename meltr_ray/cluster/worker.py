@@ -17,6 +17,7 @@ Every Train worker (one DDP rank) runs :func:`train_loop_per_worker`:
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Callable
 
 import ray.train
 import ray.train.torch
+import torch
 
 from ..backbones import create_backbone
 from ..checkpoint import load_checkpoint, save_checkpoint
@@ -75,10 +77,13 @@ class RayCheckpointIO:
         self.tmpdir: str | None = None
 
     def save(self, state: dict, epoch: int):
-        if self.rank != 0:
-            return None
+        """Rank 0 writes the full state; every rank writes its own replay buffer and RNG states
+        (``rank_<r>.pt``, merged by Ray into the same checkpoint directory), so that a multi-worker resume
+        gives each rank back *its* buffer and random streams."""
         self.tmpdir = tempfile.mkdtemp(prefix="meltr_ckpt_")
-        save_checkpoint({**state, "task_names": self.task_names}, self.tmpdir)
+        torch.save({key: state[key] for key in PER_RANK_KEYS}, os.path.join(self.tmpdir, f"rank_{self.rank}.pt"))
+        if self.rank == 0:
+            save_checkpoint({**state, "task_names": self.task_names}, self.tmpdir)
         return ray.train.Checkpoint.from_directory(self.tmpdir)
 
     def report(self, metrics: dict, handle) -> None:
@@ -90,6 +95,10 @@ class RayCheckpointIO:
             if self.tmpdir is not None:
                 shutil.rmtree(self.tmpdir, ignore_errors=True)
                 self.tmpdir = None
+
+
+# What each rank keeps for itself across a restart (the rest of the state is identical on every rank).
+PER_RANK_KEYS = ("buffer", "rng")
 
 
 def split_batches(data_config: dict, split: str, batch_size: int, rank: int, world_size: int,
@@ -121,12 +130,17 @@ def resume_state(device) -> dict | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        return load_checkpoint(directory, map_location=device)
+        state = load_checkpoint(directory, map_location=device)
+        own = os.path.join(directory, f"rank_{ray.train.get_context().get_world_rank()}.pt")
+        if os.path.exists(own):       # this rank's buffer and RNG (absent after a change of world size)
+            state.update(torch.load(own, map_location=device, weights_only=True))
+        return state
 
 
 def build_models(cfg: JobConfig, device):
     """(unwrapped backbone, DDP-wrapped backbone for the inner step, MELTR) on ``device``."""
     b = cfg.backbone
+    torch.manual_seed(cfg.train.seed)          # the same seed starts from the same weights (trials, reruns)
     model = create_backbone(b.name, task=b.task, pretrained=b.pretrained, **(b.overrides or {}))
     combiner = build_combiner(cfg.meltr, len(model.task_names)).to(device)
     if ray.train.get_context().get_world_size() > 1:

@@ -31,11 +31,19 @@ def test_two_worker_cpu_run_checkpoints_full_state(ray_cluster, tmp_path):
     assert state["task_names"] == ["primary", "helpful", "harmful"]
     assert state["config"]["cluster"]["num_workers"] == 2
     assert state["counters"]["meta_steps"] == 2 * STEPS_PER_EPOCH // 2
+    # every rank saved its own replay buffer and RNG states next to the shared state
+    with result.checkpoint.as_directory() as d:
+        ranks = [torch.load(os.path.join(d, f"rank_{r}.pt"), weights_only=True) for r in (0, 1)]
+    assert all(set(r) == {"buffer", "rng"} for r in ranks)
+    first = [b["x"] for b in ranks[0]["buffer"]["items"]], [b["x"] for b in ranks[1]["buffer"]["items"]]
+    assert len(first[0]) == len(first[1]) > 0
+    assert not all(torch.equal(a, b) for a, b in zip(*first))      # each rank buffered its own shard's batches
 
 
 def test_worker_killed_mid_run_resumes_with_meltr_and_optimizers(ray_cluster, tmp_path):
     marker = tmp_path / "crashed"
-    kwargs = toy_kwargs(tmp_path, **{"cluster.max_failures": 1, "backbone.overrides": {
+    random_meltr = {"meltr.dropout": 0.2, "meta.meta_every": 1}   # dropout: per-rank RNG; meta steps: buffer draws
+    kwargs = toy_kwargs(tmp_path, **random_meltr, **{"cluster.max_failures": 1, "backbone.overrides": {
         "crash_marker": str(marker), "crash_epoch": 2}})
     result = api.train(name="crash-resume", epochs=3, **kwargs)
     assert marker.exists(), "the worker was not killed"
@@ -45,7 +53,7 @@ def test_worker_killed_mid_run_resumes_with_meltr_and_optimizers(ray_cluster, tm
     # came before the controller had registered epoch 2's (Train's snapshot is the source of truth).
     assert result.metrics["attempt_start_epoch"] in (1, 2)
     state = _final_state(result)
-    total_steps, meta_steps = 3 * STEPS_PER_EPOCH, 3 * STEPS_PER_EPOCH // 2
+    total_steps, meta_steps = 3 * STEPS_PER_EPOCH, 3 * STEPS_PER_EPOCH      # meta_every 1
     assert state["counters"] == {**state["counters"], "step": total_steps, "meta_steps": meta_steps}
     # Adam's step counts continue across the crash: both optimizers were restored, not rebuilt.
     backbone_steps = {float(s["step"]) for s in state["backbone_optimizer"]["state"].values()}
@@ -53,9 +61,14 @@ def test_worker_killed_mid_run_resumes_with_meltr_and_optimizers(ray_cluster, tm
     assert backbone_steps == {float(total_steps)} and meltr_steps == {float(meta_steps)}
     # MELTR's state is the trained one: it differs from a freshly built combiner with the same seed.
     epoch2 = _checkpoint_of_epoch(result, 2)
-    assert epoch2["epoch"] == 1 and epoch2["counters"]["meta_steps"] == 2 * STEPS_PER_EPOCH // 2
+    assert epoch2["epoch"] == 1 and epoch2["counters"]["meta_steps"] == 2 * STEPS_PER_EPOCH
     moved = [not torch.equal(state["combiner"][k], epoch2["combiner"][k]) for k in state["combiner"]]
     assert any(moved)
+    # Each rank got its own replay buffer and RNG back, so the run ends bit-identical to one never killed.
+    reference = _final_state(api.train(name="no-crash", epochs=3, **toy_kwargs(tmp_path, **random_meltr)))
+    for part in ("backbone", "combiner"):
+        for key, value in reference[part].items():
+            assert torch.equal(value, state[part][key]), (part, key)
 
 
 def _checkpoint_of_epoch(result, epoch: int) -> dict:
