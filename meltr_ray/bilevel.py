@@ -168,17 +168,23 @@ class BilevelTrainer:
         self.counters.last = metrics
         return metrics
 
-    def _meta_batches(self, batch, meta_batch_fn):
-        """(A, B): A gives the primary (outer) loss, B the regulariser and L_inner."""
-        if self.cfg.meta.source == "current":
-            return batch, batch
-        if self.cfg.meta.source == "split":
+    def _outer_batch(self, batch, meta_batch_fn):
+        """A, the batch of the primary (outer) loss, from ``meta.source``."""
+        source = self.cfg.meta.source
+        if source == "split":
             if meta_batch_fn is None:
                 raise ValueError("meta.source='split' needs meta batches (data.meta_split)")
-            return meta_batch_fn(), batch
-        if len(self.buffer) == 0:
-            return batch, batch
-        return self.buffer.sample(), self.buffer.sample()
+            return meta_batch_fn()
+        if source == "replay" and len(self.buffer):
+            return self.buffer.sample()
+        return batch
+
+    def _meta_batches(self, batch, meta_batch_fn):
+        """(A, B): A gives the primary (outer) loss, B the regulariser and L_inner (drawn independently of A
+        from the replay buffer, else the current batch)."""
+        outer = self._outer_batch(batch, meta_batch_fn)
+        replay = self.cfg.meta.source == "replay" and len(self.buffer)
+        return outer, (self.buffer.sample() if replay else batch)
 
     def _train_modes(self) -> None:
         self.model.train()
@@ -237,8 +243,7 @@ class BilevelTrainer:
                 self._note_nonfinite("skipped_inner")
                 return {"skipped_inner": 1.0}
             total.backward(retain_graph=True)
-            outer_batch = self._meta_batches(batch, meta_batch_fn)[0] if len(self.buffer) or \
-                meta.source != "replay" else batch
+            outer_batch = self._outer_batch(batch, meta_batch_fn)
             with self._only_scope_requires_grad():
                 primary = (losses[self.primary_task] if outer_batch is batch else
                            self._losses(self.model, outer_batch, tasks=[self.primary_task])[self.primary_task])

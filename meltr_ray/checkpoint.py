@@ -40,22 +40,50 @@ def set_rng_state(state: dict) -> None:
                          n["cached"]))
 
 
-def save_checkpoint(state: dict, directory: str | os.PathLike) -> Path:
-    """Write ``state`` to ``directory/state.pt`` atomically (write to a temp name, then rename)."""
+# What each distributed rank keeps for itself across a restart (the rest of the state is identical on every rank).
+PER_RANK_KEYS = ("buffer", "rng")
+
+
+def _rank_file(rank: int) -> str:
+    return f"rank_{rank}.pt"
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(state: dict, directory: str | os.PathLike, rank: int | None = None) -> Path:
+    """Write ``state`` to ``directory/state.pt`` atomically (write to a temp name, then rename).
+
+    With ``rank`` given (distributed runs), every rank writes its own replay buffer and RNG states to
+    ``rank_<r>.pt`` and only rank 0 writes ``state.pt``, so a resume gives each rank back *its* buffer and
+    random streams (:func:`load_checkpoint` with the same ``rank``).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / STATE_FILE
-    tmp = directory / (STATE_FILE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    if rank is not None:
+        _save_atomic({key: state[key] for key in PER_RANK_KEYS}, directory / _rank_file(rank))
+        if rank != 0:
+            return directory / _rank_file(rank)
+    _save_atomic(state, directory / STATE_FILE)
+    return directory / STATE_FILE
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint` (a directory or the ``state.pt`` file itself)."""
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", rank: int | None = None) -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint` (a directory or the ``state.pt`` file itself).
+
+    With ``rank`` given, that rank's own buffer and RNG states replace rank 0's when the directory has them
+    (absent after a change of world size).
+    """
     path = Path(path)
     if path.is_dir():
         path = path / STATE_FILE
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    own = path.parent / _rank_file(rank) if rank is not None else None
+    if own is not None and own.exists():
+        state.update(torch.load(own, map_location=map_location, weights_only=True))
+    return state

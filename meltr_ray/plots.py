@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
-from .config import MeltrConfig
+from .config import JobConfig
 from .meltr import MTLSum, build_combiner
 
 
 def combiner_from_state(state: dict):
     """(MELTR in eval mode, task names) rebuilt from a checkpoint's config and state dict."""
-    cfg = MeltrConfig(**state["config"]["meltr"])
+    cfg = JobConfig.from_dict(state["config"]).meltr
     weights = state["combiner"]
     names = state.get("task_names")
     num_tasks = len(names) if names else _num_tasks(weights)

@@ -84,3 +84,16 @@ def test_load_checkpoint_is_weights_only_and_reports_missing(tmp_path):
     assert torch.equal(load_checkpoint(tmp_path)["x"], torch.ones(2))
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "missing")
+
+
+def test_per_rank_parts_round_trip(tmp_path):
+    """Distributed saves: rank 0 writes state.pt, every rank its own buffer and RNG; loading with a rank
+    merges that rank's parts in."""
+    state = {"backbone": {"w": torch.ones(1)}, "buffer": {"items": [0]}, "rng": {"r": 0}}
+    save_checkpoint(state, tmp_path, rank=0)
+    save_checkpoint({**state, "buffer": {"items": [1]}, "rng": {"r": 1}}, tmp_path, rank=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank_0.pt", "rank_1.pt", "state.pt"]
+    assert load_checkpoint(tmp_path, rank=1)["buffer"] == {"items": [1]}
+    assert load_checkpoint(tmp_path, rank=1)["rng"] == {"r": 1}
+    assert load_checkpoint(tmp_path)["buffer"] == {"items": [0]}
+    assert load_checkpoint(tmp_path, rank=5)["buffer"] == {"items": [0]}     # world size changed: rank 0's

@@ -141,14 +141,17 @@ def retrieval_losses(m, batch, wanted: set) -> dict:
     out = {}
     if "vtm" in wanted:
         out["vtm"] = _vtm_loss(m, video, m.encode_text(ids), mask)
-    if wanted & {"mtm", "mvm"}:
-        hidden, tlabels = _masked_text_pass(m, video_m, ids, mask)
-        out.update(_mtm_mvm(m, hidden, video_m.shape[1], tlabels, vlabels, wanted))
+    out.update(_mtm_mvm(m, video_m, ids, mask, vlabels, wanted))
     return out
 
 
-def _mtm_mvm(m, hidden, nv: int, tlabels, vlabels, wanted: set) -> dict:
+def _mtm_mvm(m, video_m, ids, mask, vlabels, wanted: set) -> dict:
+    """MTM and MVM from one cross pass over (masked video, masked text); {} when neither is wanted."""
     out = {}
+    if not wanted & {"mtm", "mvm"}:
+        return out
+    hidden, tlabels = _masked_text_pass(m, video_m, ids, mask)
+    nv = video_m.shape[1]
     if "mtm" in wanted:
         out["mtm"] = _labelled_ce(m.head("mtm"), hidden[:, nv:], tlabels)
     if "mvm" in wanted:
@@ -167,9 +170,7 @@ def qa_oe_losses(m, batch, wanted: set) -> dict:
         out["oe"] = _ce(m.head("oe")(hidden[:, video.shape[1]]), answer)
     if "vtm" in wanted:
         out["vtm"] = _vtm_loss(m, video_m, m.encode_text(ids), mask)
-    if wanted & {"mtm", "mvm"}:
-        hidden, tlabels = _masked_text_pass(m, video_m, ids, mask)
-        out.update(_mtm_mvm(m, hidden, video_m.shape[1], tlabels, vlabels, wanted))
+    out.update(_mtm_mvm(m, video_m, ids, mask, vlabels, wanted))
     return out
 
 

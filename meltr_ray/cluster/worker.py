@@ -17,7 +17,6 @@ Every Train worker (one DDP rank) runs :func:`train_loop_per_worker`:
 from __future__ import annotations
 
 import importlib
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -81,9 +80,7 @@ class RayCheckpointIO:
         (``rank_<r>.pt``, merged by Ray into the same checkpoint directory), so that a multi-worker resume
         gives each rank back *its* buffer and random streams."""
         self.tmpdir = tempfile.mkdtemp(prefix="meltr_ckpt_")
-        torch.save({key: state[key] for key in PER_RANK_KEYS}, os.path.join(self.tmpdir, f"rank_{self.rank}.pt"))
-        if self.rank == 0:
-            save_checkpoint({**state, "task_names": self.task_names}, self.tmpdir)
+        save_checkpoint({**state, "task_names": self.task_names}, self.tmpdir, rank=self.rank)
         return ray.train.Checkpoint.from_directory(self.tmpdir)
 
     def report(self, metrics: dict, handle) -> None:
@@ -95,10 +92,6 @@ class RayCheckpointIO:
             if self.tmpdir is not None:
                 shutil.rmtree(self.tmpdir, ignore_errors=True)
                 self.tmpdir = None
-
-
-# What each rank keeps for itself across a restart (the rest of the state is identical on every rank).
-PER_RANK_KEYS = ("buffer", "rng")
 
 
 def split_batches(data_config: dict, split: str, batch_size: int, rank: int, world_size: int,
@@ -130,11 +123,7 @@ def resume_state(device) -> dict | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        state = load_checkpoint(directory, map_location=device)
-        own = os.path.join(directory, f"rank_{ray.train.get_context().get_world_rank()}.pt")
-        if os.path.exists(own):       # this rank's buffer and RNG (absent after a change of world size)
-            state.update(torch.load(own, map_location=device, weights_only=True))
-        return state
+        return load_checkpoint(directory, map_location=device, rank=ray.train.get_context().get_world_rank())
 
 
 def build_models(cfg: JobConfig, device):
