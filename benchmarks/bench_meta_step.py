@@ -5,7 +5,7 @@
     ... --levers                                                  # also the lever variants below
 
 Every variant trains its own copy of the *same* initial model on the *same* batches, through the real
-:class:`meltr_ray.bilevel.BilevelTrainer` (``build_trainer``):
+:class:`meltr_ray.core.bilevel.BilevelTrainer` (``build_trainer``):
 
 * ``mtl``          plain sum of the task losses, no meta step;
 * ``meltr_k0``     MELTR, meta step every 3 steps, K = 0 (the official formula), default scope;
@@ -55,8 +55,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from meltr_ray.config import JobConfig
-from meltr_ray.loop import build_trainer
-from meltr_ray.meltr import build_combiner
+from meltr_ray.core.loop import build_trainer
+from meltr_ray.core.meltr import build_combiner
 
 # MELTR sizes (meltr.*): gpu uses the Violet-retrieval shape (d_model 512, FFN 512, scale 256: 1.7 M parameters,
 # ~1.5 % of BERT-base); cpu uses the All-in-one shape (128/128/128: ~0.13 M, ~5 % of the CPU backbone) so that

@@ -10,8 +10,9 @@ import importlib
 from .config import JobConfig
 
 # Imported on first use (PEP 562): Ray Data decode actors import this package without paying for torch.
-_LAZY = {"MELTR": "meltr", "MTLSum": "meltr", "FixedWeights": "meltr", "LinearWeights": "meltr",
-         "build_combiner": "meltr", "hypergradient": "hypergrad", "select_scope": "hypergrad"}
+_LAZY = {"MELTR": "core.meltr", "MTLSum": "core.meltr", "FixedWeights": "core.meltr", "LinearWeights": "core.meltr",
+         "build_combiner": "core.meltr", "hypergradient": "core.hypergrad", "select_scope": "core.hypergrad",
+         "fit": "core.loop", "local_saver": "core.loop"}
 
 
 def __getattr__(name):
@@ -23,7 +24,7 @@ def __getattr__(name):
 __version__ = "0.1.0"
 
 __all__ = ["MELTR", "MTLSum", "FixedWeights", "LinearWeights", "build_combiner", "hypergradient",
-           "select_scope", "JobConfig", "tune", "train", "create_backbone", "list_backbones", "__version__"]
+           "select_scope", "fit", "local_saver", "JobConfig", "tune", "train", "create_backbone", "list_backbones", "__version__"]
 
 
 def tune(*args, **kwargs):

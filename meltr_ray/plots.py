@@ -16,9 +16,9 @@ import os
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint
+from .core.checkpoint import load_checkpoint
 from .config import JobConfig
-from .meltr import MTLSum, build_combiner
+from .core.meltr import MTLSum, build_combiner
 
 
 def combiner_from_state(state: dict):

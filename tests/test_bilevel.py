@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from meltr_ray.bilevel import NonFiniteError, ReplayBuffer, regulariser
+from meltr_ray.core.bilevel import NonFiniteError, ReplayBuffer, regulariser
 from meltr_ray.config import JobConfig
-from meltr_ray.loop import build_trainer, fit
-from meltr_ray.meltr import build_combiner
+from meltr_ray.core.loop import build_trainer, fit
+from meltr_ray.core.meltr import build_combiner
 
 from toy_models import ToyMultiTask, toy_batches
 

@@ -1,10 +1,10 @@
 """A run stopped and resumed from a checkpoint ends bit-identical to an uninterrupted run (CPU)."""
 import torch
 
-from meltr_ray.checkpoint import load_checkpoint, save_checkpoint
+from meltr_ray.core.checkpoint import load_checkpoint, save_checkpoint
 from meltr_ray.config import JobConfig
-from meltr_ray.loop import fit, local_saver
-from meltr_ray.meltr import build_combiner
+from meltr_ray.core.loop import fit, local_saver
+from meltr_ray.core.meltr import build_combiner
 
 from toy_models import ToyMultiTask, toy_batches
 

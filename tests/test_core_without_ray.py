@@ -20,7 +20,7 @@ def core_modules():
 
 def test_every_core_module_imports_with_ray_blocked():
     modules = core_modules()
-    assert "meltr_ray.hypergrad" in modules and "meltr_ray.loop" in modules
+    assert "meltr_ray.core.hypergrad" in modules and "meltr_ray.core.loop" in modules
     code = ("import sys; sys.modules['ray'] = None\n"
             "import importlib\n"
             f"for name in {modules!r}:\n"

@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from meltr_ray.bilevel import BilevelTrainer
+from meltr_ray.core.bilevel import BilevelTrainer
 from meltr_ray.config import JobConfig
-from meltr_ray.meltr import build_combiner
+from meltr_ray.core.meltr import build_combiner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from toy_models import ToyMultiTask, toy_batches  # noqa: E402
@@ -111,7 +111,7 @@ def _scenario_fit(rank: int, world: int) -> dict:
     """fit() with different initial weights, data and dropout streams per rank, in local and global mode."""
     from torch.nn.parallel import DistributedDataParallel
 
-    from meltr_ray.loop import fit
+    from meltr_ray.core.loop import fit
     results = {}
     for mode in ("local", "global"):
         # train.seed differs per rank, so MELTR's dropout masks (dropout 0.1, train mode) differ too.
@@ -139,7 +139,7 @@ def _scenario_nonfinite(rank: int, world: int) -> dict:
     """Rank 1 meets a NaN target at step 2; rank 0's data is clean."""
     from torch.nn.parallel import DistributedDataParallel
 
-    from meltr_ray.loop import fit
+    from meltr_ray.core.loop import fit
     cfg = _config(**{"train.max_steps": 6})
     torch.manual_seed(0)
     model = _model()

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from meltr_ray import hypergrad
-from meltr_ray.hypergrad import hypergradient, select_scope
-from meltr_ray.meltr import MELTR
+from meltr_ray.core import hypergrad
+from meltr_ray.core.hypergrad import hypergradient, select_scope
+from meltr_ray.core.meltr import MELTR
 
 from toy_models import ToyMultiTask, toy_batches
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from meltr_ray.config import MeltrConfig
-from meltr_ray.meltr import (MELTR, PRESETS, FixedWeights, LinearWeights, MTLSum, build_combiner,
+from meltr_ray.core.meltr import (MELTR, PRESETS, FixedWeights, LinearWeights, MTLSum, build_combiner,
                              stack_losses)
 
 # Parameter counts of the official MELTR configurations (reference §1.2), computed from the official sizes.

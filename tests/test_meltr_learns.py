@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from meltr_ray.config import JobConfig
-from meltr_ray.loop import fit
-from meltr_ray.meltr import build_combiner
+from meltr_ray.core.loop import fit
+from meltr_ray.core.meltr import build_combiner
 
 TASKS = ["primary", "helpful", "harmful"]
 

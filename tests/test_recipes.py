@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from meltr_ray.backbones import create_backbone
-from meltr_ray.backbones.violet import TASK_LOSSES
+from meltr_ray.backbones.violet.model import TASK_LOSSES
 from meltr_ray.config import JobConfig
-from meltr_ray.meltr import PRESETS
+from meltr_ray.core.meltr import PRESETS
 from meltr_ray.recipes import find_recipe, get_recipe, list_recipes
 
 # name: (task, text length, batch/GPU, epochs, backbone lr, backbone wd, MELTR lr, MELTR wd) — reference §4.1

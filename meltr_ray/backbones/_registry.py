@@ -15,7 +15,7 @@ _REGISTRY: dict[str, Callable] = {}
 
 # family -> module that registers its variants (imported on first use)
 FAMILY_MODULES = {
-    "violet": "meltr_ray.backbones.violet",
+    "violet": "meltr_ray.backbones.violet.model",
     "univl": "meltr_ray.backbones.univl",
     "allinone": "meltr_ray.backbones.allinone",
     "alpro": "meltr_ray.backbones.alpro",

@@ -76,7 +76,7 @@ class SkippedRowsHook:
 
 
 class StepMonitor:
-    """An ``on_step`` callback for :func:`meltr_ray.loop.fit` that publishes the step metrics as gauges.
+    """An ``on_step`` callback for :func:`meltr_ray.core.loop.fit` that publishes the step metrics as gauges.
 
     ``clips_per_step`` is the global batch size (per-worker batch × world size), for clips/s.
     """

@@ -5,7 +5,7 @@ Every Train worker (one DDP rank) runs :func:`train_loop_per_worker`:
 1. JobConfig (plain dict in ``config["job"]``) → backbone → MELTR;
 2. the backbone goes through ``ray.train.torch.prepare_model`` (DDP with ``find_unused_parameters``, because
    the meta step asks for the primary loss alone); MELTR is *not* wrapped: ``loop.fit`` broadcasts φ from
-   rank 0 and all-reduces its hypergradient itself (``meltr_ray.distributed``);
+   rank 0 and all-reduces its hypergradient itself (``meltr_ray.core.distributed``);
 3. batches come from the run's Ray Data shards (``ray.train.get_dataset_shard``) or, for small in-memory
    sources, from a ``local_batches(split, epoch, rank, world_size)`` function;
 4. ``loop.fit`` runs with ``save``/``report`` bound to Ray Train: rank 0 writes the full state (w, φ, both
@@ -27,10 +27,10 @@ import ray.train.torch
 import torch
 
 from ..backbones import create_backbone
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..core.checkpoint import load_checkpoint, save_checkpoint
 from ..config import JobConfig
-from ..loop import fit
-from ..meltr import build_combiner
+from ..core.loop import fit
+from ..core.meltr import build_combiner
 from .monitor import StepMonitor
 
 
@@ -65,7 +65,7 @@ def load_factory(spec: str) -> Callable:
 
 
 class RayCheckpointIO:
-    """``save``/``report`` callables for :func:`meltr_ray.loop.fit` bound to Ray Train.
+    """``save``/``report`` callables for :func:`meltr_ray.core.loop.fit` bound to Ray Train.
 
     Rank 0 writes the state to a temporary directory that lives until ``report`` returned (in SYNC upload mode
     Ray has copied it to the run's storage by then), then deletes it.

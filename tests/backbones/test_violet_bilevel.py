@@ -5,9 +5,9 @@ import pytest
 import torch
 from _violet_common import make_batch, one_torch_thread, tiny  # noqa: F401 (autouse fixture)
 
-from meltr_ray.backbones.violet import TASK_LOSSES
-from meltr_ray.loop import build_trainer
-from meltr_ray.meltr import build_combiner, stack_losses
+from meltr_ray.backbones.violet.model import TASK_LOSSES
+from meltr_ray.core.loop import build_trainer
+from meltr_ray.core.meltr import build_combiner, stack_losses
 from meltr_ray.recipes import get_recipe
 
 

@@ -15,8 +15,8 @@ import torch
 from _violet_common import MANIFESTS, one_torch_thread, tiny  # noqa: F401 (autouse fixture)
 
 from meltr_ray.backbones import create_backbone
-from meltr_ray.backbones.checkpoint_filters import filter_violet_state_dict, load_violet_checkpoint
-from meltr_ray.backbones.video_swin import relative_position_index
+from meltr_ray.backbones.violet.checkpoint import filter_violet_state_dict, load_violet_checkpoint
+from meltr_ray.backbones.violet.video_swin import relative_position_index
 
 pytestmark = pytest.mark.skipif(not MANIFESTS.is_dir(), reason=f"manifests not found at {MANIFESTS}")
 
@@ -174,8 +174,8 @@ def test_pretrain_layout_into_action(tmp_path):
 
 
 def test_meltr_ray_training_checkpoint_directory_loads(tmp_path):
-    """A checkpoint written by meltr_ray.checkpoint (weights under "backbone" in dir/state.pt) can be resumed from."""
-    from meltr_ray.checkpoint import save_checkpoint
+    """A checkpoint written by meltr_ray.core.checkpoint (weights under "backbone" in dir/state.pt) can be resumed from."""
+    from meltr_ray.core.checkpoint import save_checkpoint
     source = tiny("action")
     save_checkpoint({"backbone": source.state_dict(), "epoch": 3, "combiner": {}}, tmp_path / "epoch_003")
     target = tiny("action", pretrained=str(tmp_path / "epoch_003"), verbose=False)

@@ -7,11 +7,11 @@ from _violet_common import (CLASSES, CLS, MASK, SEP, make_batch, one_torch_threa
                             tiny)
 
 from meltr_ray.backbones import create_backbone, list_backbones
-from meltr_ray.backbones.violet import TASK_LOSSES
-from meltr_ray.backbones.violet_masking import (color_vq_ids, mask_text, mvm_labels, sample_video_blocks,
+from meltr_ray.backbones.violet.model import TASK_LOSSES
+from meltr_ray.backbones.violet.masking import (color_vq_ids, mask_text, mvm_labels, sample_video_blocks,
                                                 zero_patches)
-from meltr_ray.hypergrad import hypergradient, select_scope
-from meltr_ray.meltr import MELTR, stack_losses
+from meltr_ray.core.hypergrad import hypergradient, select_scope
+from meltr_ray.core.meltr import MELTR, stack_losses
 
 TASKS = sorted(TASK_LOSSES)
 
@@ -211,7 +211,7 @@ def test_num_answers_alias_sets_the_answer_head():
 
 def test_vq_extraction_pads_resizes_and_maps_pixels():
     """Official extract_vq: square frame → grid·8 px → map_pixels to [0.1, 0.9] → dVAE → argmax per cell."""
-    from meltr_ray.backbones.violet_masking import video_vq_ids
+    from meltr_ray.backbones.violet.masking import video_vq_ids
     seen = []
 
     def encoder(x):
@@ -233,7 +233,7 @@ def test_padding_options_are_never_chosen(models):
     batch["option_mask"][:, 2] = 0                           # questions with two real options
     batch["text_ids"][:, 2], batch["text_mask"][:, 2] = 0, 0
     batch["answer"] = torch.tensor([0, 1, 0, 1])
-    from meltr_ray.backbones.violet_tasks import mc_scores
+    from meltr_ray.backbones.violet.tasks import mc_scores
     model = models["qa_mc"].eval()
     with torch.no_grad():
         video = model.encode_video(model.frames01(batch["frames"]))
@@ -252,7 +252,7 @@ def test_answers_outside_the_vocabulary_carry_no_loss_and_count_as_wrong(models)
 def test_official_geometry_224px_five_frames():
     """Base's window (8, 7, 7) at 224 px and 5 frames: the temporal window shrinks to 5, the spatial windows
     tile 56/28/14/7 exactly, and our bias index for the shrunk window equals the official ``index[:N, :N]``."""
-    from meltr_ray.backbones.video_swin import relative_position_index
+    from meltr_ray.backbones.violet.video_swin import relative_position_index
     full = relative_position_index((8, 7, 7), (8, 7, 7))
     n = 5 * 7 * 7
     assert torch.equal(relative_position_index((5, 7, 7), (8, 7, 7)), full[:n, :n])

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from meltr_ray.checkpoint import save_checkpoint
+from meltr_ray.core.checkpoint import save_checkpoint
 from meltr_ray.cli import main
 from meltr_ray.config import JobConfig
-from meltr_ray.meltr import MTLSum, build_combiner
+from meltr_ray.core.meltr import MTLSum, build_combiner
 from meltr_ray.plots import combiner_from_state, output_surface, weight_curves
 
 TASKS = ["vtm", "mtm", "mvm"]
@@ -33,7 +33,7 @@ def test_inspect_writes_both_figures(tmp_path):
 
 
 def test_curves_are_the_derivative_and_mtl_is_flat(tmp_path):
-    from meltr_ray.checkpoint import load_checkpoint
+    from meltr_ray.core.checkpoint import load_checkpoint
     combiner, names = combiner_from_state(load_checkpoint(_checkpoint(tmp_path)))
     assert names == TASKS and not combiner.training
     scales = np.array([0.1, 1.0, 10.0])
@@ -58,6 +58,6 @@ def test_curves_are_the_derivative_and_mtl_is_flat(tmp_path):
 
 
 def test_task_count_from_the_embedding_when_names_are_missing(tmp_path):
-    from meltr_ray.checkpoint import load_checkpoint
+    from meltr_ray.core.checkpoint import load_checkpoint
     _, names = combiner_from_state(load_checkpoint(_checkpoint(tmp_path, with_names=False)))
     assert names == ["task_0", "task_1", "task_2"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from meltr_ray import api
-from meltr_ray.checkpoint import load_checkpoint
+from meltr_ray.core.checkpoint import load_checkpoint
 
 from tests.cluster._common import toy_kwargs
 from tests.cluster.ray_plugins import STEPS_PER_EPOCH

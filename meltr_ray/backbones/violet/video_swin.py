@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._layers import DropPath, Mlp
+from .._layers import DropPath, Mlp
 
 
 # ---- window helpers (pure functions of shapes) ---------------------------------------------------------

@@ -14,11 +14,9 @@ Parameter), maps heads by role (the pretrained VTM head ``fc`` → the QA models
 """
 from __future__ import annotations
 
-import os
-from collections import Counter
-from dataclasses import dataclass, field
-
 import torch
+
+from .._loading import LoadReport, read_state_dict, strip_prefix
 
 # checkpoint head module -> loss role (the official names across the pretrain/retrieval/QA models)
 VIOLET_HEAD_ROLES = {"fc": "vtm", "fc_vtm": "vtm", "fc_mtm": "mtm", "fc_mvm": "mvm", "fc_oe": "oe",
@@ -29,58 +27,6 @@ SHAPE_HINTS = {"enc_img.emb_len": "max_frames", "enc_img.emb_pos": "max_grid",
                "enc_txt.emb_txt.word_embeddings.weight": "vocab_size",
                "enc_txt.emb_txt.position_embeddings.weight": "max_text_len",
                "fc_oe.3": "size_vocab", "fc_cls.3": "num_classes", "fc_mvm.3": "mvm_vocab"}
-
-
-@dataclass
-class LoadReport:
-    """What a checkpoint load did, key by key."""
-    source: str
-    loaded: list = field(default_factory=list)          # model keys filled from the checkpoint
-    renamed: dict = field(default_factory=dict)         # checkpoint key -> model key
-    skipped: dict = field(default_factory=dict)         # checkpoint key -> reason
-    initialised: dict = field(default_factory=dict)     # model key -> reason (kept its fresh init)
-    notes: list = field(default_factory=list)           # whole-file fixes (e.g. a stripped prefix)
-
-    def to_text(self, verbose: bool = False) -> str:
-        groups = Counter(".".join(k.split(".")[:2]) for k in self.loaded)
-        lines = [f"checkpoint {self.source}: loaded {len(self.loaded)} keys, renamed {len(self.renamed)}, "
-                 f"skipped {len(self.skipped)}, initialised {len(self.initialised)}",
-                 "  loaded: " + ", ".join(f"{g}.* ({n})" for g, n in sorted(groups.items()))]
-        if verbose:
-            lines += [f"  loaded      {k}" for k in self.loaded]
-        lines += [f"  note        {n}" for n in self.notes]
-        lines += [f"  renamed     {k} -> {v}" for k, v in self.renamed.items()]
-        lines += [f"  skipped     {k}: {v}" for k, v in self.skipped.items()]
-        lines += [f"  initialised {k}: {v}" for k, v in self.initialised.items()]
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.to_text()
-
-
-def read_state_dict(path: str) -> dict:
-    """``torch.load(weights_only=True)`` on CPU; unwraps ``{"state_dict"|"model"|"backbone": {...}}`` nestings.
-
-    A directory means its ``state.pt``, so a meltr_ray training checkpoint (whose weights sit under
-    ``"backbone"``) can start another fine-tuning run.
-    """
-    if os.path.isdir(path):
-        path = os.path.join(path, "state.pt")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "backbone"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict) and not torch.is_tensor(obj.get(key)):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    return dict(obj)
-
-
-def strip_prefix(state: dict, prefix: str, report: LoadReport) -> dict:
-    """Remove ``prefix`` (e.g. DataParallel's ``module.``) from every key that has it."""
-    stripped = sum(key.startswith(prefix) for key in state)
-    if stripped:
-        report.notes.append(f"stripped the {prefix!r} prefix from {stripped} keys")
-    return {(key[len(prefix):] if key.startswith(prefix) else key): value for key, value in state.items()}
 
 
 def _drop_legacy_position_ids(state: dict, report: LoadReport) -> None:

@@ -12,7 +12,7 @@ Architecture (reference §4.4):
   QA-OE (Dropout 0.5, size_vocab answers), QA-MC (one score per option), action (num_classes).
 
 Tasks → MELTR losses (order = MELTR input order, first = primary) are in :data:`TASK_LOSSES`; the losses
-themselves are in :mod:`meltr_ray.backbones.violet_tasks`. Bad input raises ``ValueError`` naming the value.
+themselves are in :mod:`meltr_ray.backbones.violet.tasks`. Bad input raises ``ValueError`` naming the value.
 """
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder, BertOnlyMLMHead
 
-from . import violet_tasks as tasks_mod
-from ._layers import additive_key_mask, two_layer_head
-from ._registry import register_backbone
-from .checkpoint_filters import load_violet_checkpoint
+from . import tasks as tasks_mod
+from .._layers import additive_key_mask, two_layer_head
+from .._registry import register_backbone
+from .checkpoint import load_violet_checkpoint
 from .video_swin import SwinTransformer3D
 
 TASK_LOSSES = {

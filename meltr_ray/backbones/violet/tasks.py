@@ -25,14 +25,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..metrics.classification import AccuracyMeter
-from ..metrics.retrieval import retrieval_metrics
-from ._layers import MASKED_SCORE
-from .violet_masking import color_vq_ids, mask_text, mvm_labels, sample_video_blocks, zero_patches
+from ...metrics.classification import AccuracyMeter
+from ...metrics.retrieval import retrieval_metrics
+from .._layers import MASKED_SCORE
+from .masking import color_vq_ids, mask_text, mvm_labels, sample_video_blocks, zero_patches
 
 VQ_HELP = ("the MVM loss needs batch['vq_ids'] (B, T, H/32, W/32): visual-token ids of every frame, stored in "
            "the shards at ingest (`meltr-ray ingest ... --vq codes.npz`). Compute them once with a DALL-E dVAE "
-           "encoder and meltr_ray.backbones.violet_masking.video_vq_ids (README, Violet section), or build the "
+           "encoder and meltr_ray.backbones.violet.masking.video_vq_ids (README, Violet section), or build the "
            "backbone with mvm_targets='color' (a stand-in for demos only)")
 
 
