@@ -20,9 +20,8 @@ DEFAULT_STORAGE = "~/meltr_results"
 
 def resolve_backbone(backbone: str, demo: bool) -> str:
     """A family name (``"violet"``) means its ``*_base`` variant, or ``*_tiny`` for the demo."""
-    if "_" in backbone:
-        return backbone
-    return f"{backbone}_{'tiny' if demo else 'base'}"
+    from .backbones import resolve_name
+    return resolve_name(backbone, "tiny" if demo else "base")
 
 
 def job_config(backbone: str = "violet", task: str = "retrieval", data: str | None = None, *,
@@ -44,7 +43,8 @@ def job_config(backbone: str = "violet", task: str = "retrieval", data: str | No
     args = {"data.path": data, "backbone.pretrained": pretrained, "cluster.storage_path": storage_path,
             "train.epochs": epochs, "cluster.num_workers": num_workers, "cluster.use_gpu": use_gpu}
     cfg = cfg.with_overrides({k: v for k, v in args.items() if v is not None}).with_overrides(overrides)
-    return cfg.validate(), demo
+    from .run import resolve_job
+    return resolve_job(cfg), demo
 
 
 def _default_recipe(backbone: str, task: str) -> JobConfig | None:

@@ -24,14 +24,38 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One searched method hyperparameter: paper symbol, config path, short alias, paper value, meaning."""
+    symbol: str
+    path: str
+    alias: str
+    paper_value: float | int
+    paper_text: str
+    meaning: str
+
+
+# THE table of the searched hyperparameters; config overrides, search spaces, the paper point HyperOpt tries
+# first and the live trial table all read it.
+HYPERPARAMETERS = (
+    Hyperparameter("γ", "meta.reg_weight", "reg_weight", 0.3, "{0.1, 0.3, 0.5}; Supp. Table 1 best 1–10",
+                   "weight of the regulariser γ·|Σℓ − MELTR(ℓ)|"),
+    Hyperparameter("α", "optim.backbone_lr", "backbone_lr", 3e-5, "3e-5",
+                   "backbone (inner) learning rate, also the Neumann step unless meta.neumann_lr is set"),
+    Hyperparameter("β", "optim.meltr_lr", "meltr_lr", 1e-4, "1e-4", "MELTR (outer) learning rate"),
+    Hyperparameter("K", "meta.neumann_steps", "neumann_steps", 3, "3",
+                   "Neumann-series terms of the inverse-Hessian approximation"),
+    Hyperparameter("every", "meta.meta_every", "meta_every", 3, "3 (5 for All-in-one)",
+                   "meta step every N inner steps (official auxgrad_every; not K)"),
+)
 # Short names accepted in overrides and search spaces -> dotted config paths.
-FIELD_ALIASES = {
-    "reg_weight": "meta.reg_weight",
-    "backbone_lr": "optim.backbone_lr",
-    "meltr_lr": "optim.meltr_lr",
-    "neumann_steps": "meta.neumann_steps",
-    "meta_every": "meta.meta_every",
-}
+FIELD_ALIASES = {h.alias: h.path for h in HYPERPARAMETERS}
+
+
+def hyperparameter(name: str) -> Hyperparameter | None:
+    """The table row of an alias or a dotted path, else ``None``."""
+    return next((h for h in HYPERPARAMETERS if name in (h.alias, h.path)), None)
 
 
 @dataclass
@@ -70,7 +94,8 @@ class MetaConfig:
     neumann_lr: float | None = None        # Neumann step; None = optim.backbone_lr (α), as in the paper
     convention: str = "series"             # series | inverse  (see hypergrad.py)
     include_direct: bool = False           # add ∂L_outer/∂φ (the regulariser depends on φ directly)
-    method: str = "neumann"                # neumann | finite_difference
+    inverse: str = "neumann"               # inverse-Hessian approximation: neumann (K terms) | identity (K = 0)
+    products: str = "exact"                # second-order products: exact (double backward) | finite_difference
     fd_radius: float = 1e-2                # finite-difference radius R (ε = R/‖p‖)
     scope: Any = "default"                 # all | default (backbone's choice) | list of fnmatch patterns
     meta_every: int = 3                    # meta step every N inner steps (official auxgrad_every)
@@ -114,12 +139,13 @@ class DataConfig:
     train_split: str = "train"
     meta_split: str | None = None          # used when meta.source == 'split'
     val_split: str = "val"
-    num_frames: int = 4
-    image_size: int = 32
-    max_text_len: int = 16
+    # None = the backbone spec's value for the task (meltr_ray.backbones.get_spec(name).task(task).data)
+    num_frames: int | None = None
+    image_size: int | None = None
+    max_text_len: int | None = None
     vocab_path: str | None = None
     sampling: str = "uniform"              # uniform | random (segment-random)
-    resize_mode: str = "stretch"           # stretch | pad (zero-pad centred to a square first: Violet) | crop
+    resize_mode: str | None = None         # stretch | pad (zero-pad centred to a square first) | crop; None = spec
     shuffle_buffer: int = 8                # shuffle train samples within this many batches (0 = off)
     decode_actors: int = 1
 
@@ -220,20 +246,20 @@ _CHOICES = {
     "meltr.init": {"default", "normal"},
     "meta.reg_form": {"abs", "square"},
     "meta.convention": {"series", "inverse"},
-    "meta.method": {"neumann", "finite_difference"},
     "meta.source": {"replay", "split", "current"},
     "meta.eviction": {"fifo", "weighted", "random"},
     "optim.optimizer": {"adam", "adamw"},
     "optim.schedule": {"linear", "constant"},
     "train.precision": {"fp32", "bf16"},
     "data.sampling": {"uniform", "random"},
-    "data.resize_mode": {"stretch", "pad", "crop"},
+    "data.resize_mode": {"stretch", "pad", "crop", None},
 }
 _NON_NEGATIVE = ["meta.reg_weight", "meta.neumann_steps", "optim.backbone_lr", "optim.meltr_lr",
                  "optim.backbone_weight_decay", "optim.meltr_weight_decay", "optim.warmup_ratio"]
 _AT_LEAST_ONE = ["meta.meta_every", "meta.buffer_size", "meta.max_nonfinite", "train.epochs",
                  "train.batch_size", "train.eval_batch_size", "train.eval_every", "train.log_every",
-                 "data.num_frames", "data.max_text_len", "data.decode_actors"]
+                 "data.decode_actors"]
+_AT_LEAST_ONE_OR_NONE = ["data.num_frames", "data.image_size", "data.max_text_len"]
 
 
 def _get(cfg: JobConfig, dotted: str):
@@ -252,7 +278,7 @@ def validate(cfg: JobConfig) -> None:
     for dotted, choices in _CHOICES.items():
         value = _get(cfg, dotted)
         if value not in choices:
-            raise ValueError(f"{dotted} must be one of {sorted(choices)}, got {value!r}")
+            raise ValueError(f"{dotted} must be one of {sorted(choices, key=str)}, got {value!r}")
     for dotted in _NON_NEGATIVE:
         check_non_negative(dotted, _get(cfg, dotted))
     if not float(cfg.meta.neumann_steps).is_integer():
@@ -261,6 +287,11 @@ def validate(cfg: JobConfig) -> None:
         value = _get(cfg, dotted)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{dotted} must be an integer >= 1, got {value!r}")
+    for dotted in _AT_LEAST_ONE_OR_NONE:
+        value = _get(cfg, dotted)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{dotted} must be an integer >= 1 or None (the backbone's), got {value!r}")
+    _validate_hypergradient(cfg.meta)
     if cfg.meta.neumann_lr is not None:
         check_non_negative("meta.neumann_lr", cfg.meta.neumann_lr)
     for dotted in ("meta.clip_norm", "optim.grad_clip"):
@@ -271,9 +302,18 @@ def validate(cfg: JobConfig) -> None:
         raise ValueError(f"meta.fd_radius must be > 0, got {cfg.meta.fd_radius!r}")
     if cfg.meta.source == "split" and not cfg.data.meta_split:
         raise ValueError("meta.source='split' needs data.meta_split (the held-out meta split's name)")
-    if cfg.meta.share_forward and (cfg.meta.global_hypergrad or cfg.meta.method != "neumann"):
-        raise ValueError("meta.share_forward works with meta.method='neumann' and without meta.global_hypergrad")
+    if cfg.meta.share_forward and (cfg.meta.global_hypergrad or cfg.meta.products != "exact"):
+        raise ValueError("meta.share_forward works with meta.products='exact' and without meta.global_hypergrad")
     if cfg.train.max_steps is not None and (not isinstance(cfg.train.max_steps, int) or cfg.train.max_steps < 1):
         raise ValueError(f"train.max_steps must be an integer >= 1 or None, got {cfg.train.max_steps!r}")
     if cfg.cluster.num_workers < 0:
         raise ValueError(f"cluster.num_workers must be >= 0, got {cfg.cluster.num_workers!r}")
+
+
+def _validate_hypergradient(meta: MetaConfig) -> None:
+    """meta.inverse / meta.products must be keys of the hypergradient registries (imported lazily: torch)."""
+    from .core.hypergrad import INVERSE_APPROXIMATIONS, PRODUCT_BACKENDS
+    for dotted, value, registry in (("meta.inverse", meta.inverse, INVERSE_APPROXIMATIONS),
+                                    ("meta.products", meta.products, PRODUCT_BACKENDS)):
+        if value not in registry:
+            raise ValueError(f"{dotted} must be one of {sorted(registry)}, got {value!r}")

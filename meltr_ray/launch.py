@@ -9,8 +9,16 @@ import argparse
 
 import yaml
 
-DEFAULT_BACKBONE = {"retrieval": "violet", "qa": "violet", "qa_oe": "violet", "qa_mc": "violet",
-                    "captioning": "univl", "sentiment": "univl"}
+# The families a launcher task defaults to, in order of preference, when registered (else the registry's first).
+PREFERRED_FAMILY = {"captioning": "univl", "sentiment": "univl"}
+
+
+def default_backbone(task: str | None) -> str | None:
+    """The backbone family a launcher uses for ``task`` when ``--backbone`` is not given, from the specs."""
+    from .backbones import families_for_task
+    families = families_for_task(task or "retrieval")
+    preferred = PREFERRED_FAMILY.get(task or "", "violet")
+    return preferred if preferred in families else (families[0] if families else PREFERRED_FAMILY.get(task))
 
 
 def _override(text: str) -> tuple[str, object]:
@@ -22,7 +30,7 @@ def _override(text: str) -> tuple[str, object]:
 
 def job_arguments(p: argparse.ArgumentParser, task: str | None = "retrieval") -> None:
     """Options shared by ``train`` and ``tune``: what to fine-tune, on what, where results go."""
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE.get(task, "violet"),
+    p.add_argument("--backbone", default=default_backbone("qa_oe" if task == "qa" else task),
                    help="registered backbone or family (family → *_base; *_tiny for the demo)")
     p.add_argument("--task", default=task or "retrieval", help="retrieval | qa_oe | qa_mc | action | captioning | sentiment")
     p.add_argument("--data", help="directory or URI of Parquet shards from `meltr-ray ingest` (omit: embedded demo)")

@@ -82,13 +82,13 @@ VIOLET_OFFICIAL = {
     # TGIF-Frame's classification-head settings (the nearest official classification task).
     "violet_kinetics400": ("action", "kinetics400", 16, 5, 20, 3e-5, 1e-4, 1e-4, 1e-4, {"num_classes": 400}),
 }
-MELTR_PRESET = {"retrieval": "violet_retrieval", "qa_mc": "violet_qa", "qa_oe": "violet_qa", "action": None}
 PAPER_EPOCHS = {"retrieval": 40, "qa_mc": 20, "qa_oe": 20, "action": 20}
 
 
 def violet_official(name: str) -> JobConfig:
     task, _, text_len, batch, epochs, lr, wd, meltr_lr, meltr_wd, extra = VIOLET_OFFICIAL[name]
-    preset = MELTR_PRESET[task]
+    from .backbones import get_spec
+    preset = get_spec("violet_base").task(task).meltr_preset
     return JobConfig(
         name=name,
         backbone=BackboneConfig(name="violet_base", task=task, overrides=dict(extra)),
@@ -102,7 +102,7 @@ def violet_official(name: str) -> JobConfig:
                           grad_clip=None),
         train=TrainConfig(epochs=epochs, batch_size=batch, eval_batch_size=16, eval_every=1, precision="fp32"),
         data=DataConfig(train_split="train", val_split="test", num_frames=5, image_size=224,
-                        max_text_len=text_len, sampling="uniform", resize_mode="pad"),   # official: pad to square
+                        max_text_len=text_len, sampling="uniform"),   # resize_mode: the spec's (pad to square)
         cluster=ClusterConfig(num_workers=8, use_gpu=True),
     )
 

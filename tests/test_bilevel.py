@@ -16,7 +16,8 @@ SMALL_MELTR = {"meltr.d_model": 16, "meltr.d_ffn": 16, "meltr.d_scale": 8}
 
 def make(overrides=None, seed=0):
     cfg = JobConfig().with_overrides({**SMALL_MELTR, "optim.backbone_lr": 1e-2, "optim.meltr_lr": 1e-3,
-                                      "meta.scope": "all", **(overrides or {})}).validate()
+                                      "meta.scope": "all", "optim.schedule": "constant", "train.log_every": 1,
+                                      **(overrides or {})}).validate()
     torch.manual_seed(seed)
     model = ToyMultiTask()
     return cfg, model, build_combiner(cfg.meltr, len(model.task_names))
@@ -139,12 +140,12 @@ def test_non_finite_losses_are_skipped_and_counted():
     assert trainer.counters.skipped_inner == 1
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     trainer.step(toy_batches(1)[0])                 # a good step resets the run of failures
-    assert trainer.counters.nonfinite_in_row == 0
+    assert trainer.counters.inner_fail_run == 0
 
 
 def test_too_many_non_finite_steps_in_a_row_stop_training_with_a_clear_error():
     cfg, model, meltr = make({"meta.meta_every": 100, "meta.max_nonfinite": 3})
-    with pytest.raises(NonFiniteError, match=r"3 non-finite steps in a row \(meta.max_nonfinite=3\)"):
+    with pytest.raises(NonFiniteError, match=r"3 non-finite inner .* steps in a row \(meta.max_nonfinite=3\)"):
         fit(model, meltr, cfg, lambda epoch: [_nan_batch()] * 5)
 
 
@@ -168,7 +169,7 @@ def test_fit_reports_every_epoch_with_evaluation():
 
 
 def test_fit_finite_difference_method_and_max_steps():
-    cfg, model, meltr = make({"train.epochs": 3, "meta.meta_every": 1, "meta.method": "finite_difference",
+    cfg, model, meltr = make({"train.epochs": 3, "meta.meta_every": 1, "meta.products": "finite_difference",
                               "train.max_steps": 5})
     out = fit(model, meltr, cfg, lambda epoch: toy_batches(3, seed=epoch))
     assert out["step"] == 5 and out["meta_steps"] == 5 and out["epoch"] == 2
@@ -186,16 +187,15 @@ def test_shared_forward_hypergradient_equals_the_meta_step_on_the_current_batch(
     model, meltr = model.double(), meltr.double()
     batch = {k: v.double() for k, v in toy_batches(1, seed=3)[0].items()}
     reference = build_trainer(copy.deepcopy(model), copy.deepcopy(meltr), cfg)
-    reference.combiner.eval()
-    with reference._meta_context():
-        outer, inner, _ = reference.meta_losses(batch, batch)
-        expected = reference._hypergradient(outer, inner)
+    expected = []
+    reference._update_meltr = lambda grads, outer, primary: expected.extend(grads) or {}
+    reference.meta_step(batch, batch)
 
     shared = build_trainer(model, meltr, cfg.with_overrides({"meta.share_forward": True}))
     if source == "current":
         shared.buffer.append({k: v.double() for k, v in toy_batches(1, seed=11)[0].items()})
-    captured = []
-    shared._apply_meta_gradient = lambda grads, norm: captured.append(grads)
+    captured, update = [], shared._update_meltr
+    shared._update_meltr = lambda grads, outer, primary: captured.append(grads) or update(grads, outer, primary)
     metrics = shared.step(batch)
     assert "meta_grad_norm" in metrics and "train_loss" in metrics
     for got, want in zip(captured[0], expected):
@@ -208,7 +208,7 @@ def test_shared_forward_trains_and_validates():
     cfg, model, meltr = make({"meta.meta_every": 2, "meta.share_forward": True, "train.epochs": 2})
     out = fit(model, meltr, cfg, lambda epoch: toy_batches(4, seed=epoch))
     assert out["meta_steps"] == 4 and out["skipped_meta"] == 0
-    with pytest.raises(ValueError, match="meta.share_forward works with meta.method='neumann'"):
+    with pytest.raises(ValueError, match="meta.share_forward works with meta.products='exact'"):
         JobConfig().with_overrides({"meta.share_forward": True, "meta.global_hypergrad": True}).validate()
 
 
@@ -217,3 +217,74 @@ def test_skipped_batches_do_not_enter_the_replay_buffer():
     trainer = build_trainer(model, meltr, cfg)
     trainer.step(_nan_batch())
     assert len(trainer.buffer) == 0
+
+
+class _NaNGradient(torch.nn.Module):
+    """A toy whose primary loss is finite while its gradient is not (√w at w = 0) when ``batch["bad"]``."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = ToyMultiTask()
+        self.task_names = self.inner.task_names
+        self.default_meta_scope = self.inner.default_meta_scope
+        self.root = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, batch, tasks=None):
+        losses = self.inner(batch, tasks)
+        if batch.get("bad") is not None and "primary" in losses:
+            losses["primary"] = losses["primary"] + self.root.abs().sqrt()     # value 0, gradient inf/nan
+        return losses
+
+
+def test_a_finite_loss_with_a_nan_gradient_is_skipped_and_never_applied():
+    cfg, _, meltr = make({"meta.meta_every": 100, "meta.max_nonfinite": 3})
+    model = _NaNGradient()
+    trainer = build_trainer(model, meltr, cfg)
+    before = snapshot(model)
+    bad = {**toy_batches(1)[0], "bad": torch.ones(())}
+    assert trainer.step(bad) == {"skipped_inner": 1.0}
+    assert trainer.counters.skipped_inner == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))     # no NaN weight
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(NonFiniteError, match="non-finite inner"):
+        fit(model, meltr, cfg, lambda epoch: [bad] * 5)
+
+
+class _NaNOnlyInMetaSteps(ToyMultiTask):
+    """Finite losses in the inner step; the primary alone (what the meta step asks for) is NaN."""
+
+    def forward(self, batch, tasks=None):
+        losses = super().forward(batch, tasks)
+        if tasks is not None:
+            losses = {k: v * float("nan") for k, v in losses.items()}
+        return losses
+
+
+def test_nan_only_in_meta_steps_stops_the_run_even_while_inner_steps_succeed():
+    cfg, _, meltr = make({"meta.meta_every": 1, "meta.max_nonfinite": 3, "train.epochs": 2})
+    torch.manual_seed(0)
+    model = _NaNOnlyInMetaSteps()
+    with pytest.raises(NonFiniteError, match=r"3 non-finite meta .* steps in a row"):
+        fit(model, meltr, cfg, lambda epoch: toy_batches(5, seed=epoch))
+
+
+def test_task_weights_are_computed_only_on_logged_steps():
+    cfg, model, meltr = make({"meta.meta_every": 100, "train.log_every": 3})
+    trainer = build_trainer(model, meltr, cfg)
+    calls = []
+    weights = meltr.task_weights
+    meltr.task_weights = lambda losses: calls.append(1) or weights(losses)
+    logged = [("weight_primary" in trainer.step(b)) for b in toy_batches(6)]
+    assert logged == [False, False, True, False, False, True] and len(calls) == 2
+
+
+def test_a_linear_schedule_without_a_known_length_is_an_error():
+    cfg, model, meltr = make({"optim.schedule": "linear"})
+    with pytest.raises(ValueError, match="optim.schedule='linear' needs the run's length"):
+        build_trainer(model, meltr, cfg)
+    trainer = build_trainer(model, meltr, cfg, steps_per_epoch=4)      # known length: decays to 0 over 4 steps
+    for batch in toy_batches(4):
+        trainer.step(batch)
+    assert trainer.backbone_optimizer.param_groups[0]["lr"] == 0.0
+    out = fit(model, meltr, cfg, lambda epoch: toy_batches(4))           # a list has a len(): derived
+    assert out["step"] == 4

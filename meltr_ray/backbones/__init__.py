@@ -1,19 +1,19 @@
-"""Backbones: video(-language) foundation models that return a dict of task losses.
+"""Backbones: video(-language) and image models that return a dict of task losses.
 
-The contract every backbone follows (what the bilevel loop, the Ray worker and the tests rely on):
+A family is one folder (``violet/``, …) that registers each variant with a :class:`BackboneSpec`; the rest of
+the project reads the specs. What a backbone provides (the contract the contract suite in
+``tests/backbones/test_contract.py`` checks for every registered test-sized variant):
 
-* it is an ``nn.Module`` built by ``create_backbone(name, task=..., pretrained=PATH|None, **overrides)``;
-* ``task_names``: list of loss names, in MELTR input order; ``primary_task`` is ``task_names[0]``;
-* ``forward(batch, tasks=None) -> {task_name: scalar loss}``; ``tasks`` restricts the computation to a subset
-  (the meta step asks for the primary loss alone on a meta batch, computed on clean inputs);
-* ``default_meta_scope``: fnmatch patterns of the parameters the hypergradient is taken with respect to when
-  ``meta.scope == "default"`` (e.g. the top blocks and the heads); ``"all"`` means every parameter;
-* ``evaluate(batches) -> {metric: float}``: task metrics over an iterable of batches (flat keys, e.g.
-  ``r1``, ``r5``, ``r10``, ``medr``, ``mnr`` for retrieval, ``accuracy`` for QA/classification).
-
-Batches are dicts of tensors (plus ``video_id`` as a list of str) produced by ``meltr_ray.data``; see
-``meltr_ray/data/schema.py`` for the keys.
+* a :class:`BackboneSpec` (tasks → loss names in MELTR input order, primary first; MELTR preset; a
+  :class:`DataSpec`; default meta scope; checkpoint filter; ``example_batch``);
+* an ``nn.Module`` built by ``create_backbone(name, task=..., pretrained=PATH|None, **overrides)`` with
+  ``forward(batch, tasks=None) -> {loss name: scalar}`` (only the asked losses, in the spec's order; the meta
+  step asks for the primary alone) and ``evaluate(batches) -> {metric: float}`` (flat keys).
 """
-from ._registry import FAMILY_MODULES, create_backbone, list_backbones, register_backbone
+from ._registry import (create_backbone, discover, families_for_task, get_spec, import_plugin, list_backbones, list_families,
+                        register_backbone, resolve_name, tiny_variants, unregister_backbone)
+from ._spec import ITEM_KINDS, BackboneSpec, DataSpec, TaskSpec
 
-__all__ = ["create_backbone", "list_backbones", "register_backbone", "FAMILY_MODULES"]
+__all__ = ["BackboneSpec", "DataSpec", "TaskSpec", "ITEM_KINDS", "create_backbone", "discover", "families_for_task", "get_spec",
+           "import_plugin", "list_backbones", "list_families", "register_backbone", "resolve_name",
+           "tiny_variants", "unregister_backbone"]

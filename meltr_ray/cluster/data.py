@@ -198,15 +198,17 @@ def _warn_if_no_cpu_left(actor_cpus: float) -> None:
 
 
 def build_datasets(shard_dir: str, *, splits=("train", "val"), num_frames: int = 4, image_size: int = 32,
-                   max_text_len: int = 16, vocab_path: str | None = None, task: str = "retrieval",
+                   max_text_len: int = 16, vocab_path: str | None = None, items: str = "captions",
                    sampling: str = "uniform", pad_to_square: bool = False, resize_mode: str | None = None,
                    decode_actors: int = 1, decode_cpus: float = 0.25, decode_batch_rows: int = 4,
                    min_frames: int = 1, text_mode: str = "all", decoder="decord", num_options: int = 5,
                    max_feature_frames: int = 48, decode_timeout_s: float | None = 60.0,
                    on_bad_row: Callable | None = None, log_name: str | None = BAD_ROW_LOG,
                    seed: int | None = None) -> dict:
-    """``{split: ray.data.Dataset}`` of samples for ``task`` from the shards under ``shard_dir``.
+    """``{split: ray.data.Dataset}`` of samples from the shards under ``shard_dir``.
 
+    ``items`` is the kind of sample each row yields (:data:`meltr_ray.data.items.ITEM_KINDS`: ``captions``,
+    ``qa_mc``, ``qa_oe``, ``labels``, ``scores``, ``rows``) — a backbone task's ``spec.data.items``.
     ``pad_to_square`` (Violet) zero-pads each frame centred to a square before the resize; ``resize_mode``
     ('stretch' | 'pad' | 'crop') overrides it. Splits without shards are left out of the result. The
     vocabulary and answer list are read here and shipped to the decode actors (they need not be on every
@@ -214,7 +216,7 @@ def build_datasets(shard_dir: str, *, splits=("train", "val"), num_frames: int =
     """
     meta = read_dataset_meta(shard_dir)
     _warn_if_no_cpu_left(decode_actors * decode_cpus)
-    common = dict(task=task, num_frames=num_frames, image_size=image_size, max_text_len=max_text_len,
+    common = dict(items=items, num_frames=num_frames, image_size=image_size, max_text_len=max_text_len,
                   vocab_path=read_vocab(vocab_path) if vocab_path else None, resize_mode=resize_mode or ("pad" if pad_to_square else "stretch"),
                   min_frames=min_frames, text_mode=text_mode, decoder=decoder, num_options=num_options,
                   modality=meta.get("modality", "video"), feature_dim=meta.get("feature_dim", 0),

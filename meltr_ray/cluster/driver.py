@@ -67,7 +67,7 @@ def shard_data(cfg: JobConfig, trial: str) -> TrialData:
     splits = [d.train_split, d.val_split] + ([d.meta_split] if cfg.meta.source == "split" else [])
     datasets = build_datasets(d.path, splits=tuple(dict.fromkeys(splits)), num_frames=d.num_frames,
                               image_size=d.image_size, max_text_len=d.max_text_len, vocab_path=d.vocab_path,
-                              task=cfg.backbone.task, sampling=d.sampling, decode_actors=d.decode_actors,
+                              items=task_data_spec(cfg).items, sampling=d.sampling, decode_actors=d.decode_actors,
                               resize_mode=d.resize_mode, on_bad_row=SkippedRowsHook(trial),
                               log_name=f"bad_rows_{trial}", seed=cfg.train.seed)
     if d.train_split not in datasets:
@@ -76,26 +76,20 @@ def shard_data(cfg: JobConfig, trial: str) -> TrialData:
                      steps_per_epoch=shard_steps_per_epoch(cfg))
 
 
-# task -> the per-split sample count ``meltr-ray ingest`` writes to dataset.json ("items")
-ITEM_COUNT_KEYS = {"qa_mc": "qa_mc", "qa_oe": "qa_oe", "classification": "labels", "action": "labels",
-                   "sentiment": "scores"}
+def task_data_spec(cfg: JobConfig):
+    """The :class:`DataSpec` of the run's backbone and task."""
+    from ..backbones import get_spec
+    return get_spec(cfg.backbone.name).task(cfg.backbone.task, cfg.backbone.name).data
 
 
 def shard_steps_per_epoch(cfg: JobConfig) -> int | None:
-    """Inner steps per epoch from the shards' sample counts (for the linear-decay schedules), else ``None``.
-
-    Each worker gets an equal share of the train samples and drops its last partial batch.
-    """
-    from ..data.samples import TEXT_TASKS
+    """Inner steps per epoch from the shards' item counts (local or ``s3://`` ``dataset.json``)."""
+    from ..run import steps_per_epoch_from_meta
     from .data import read_dataset_meta
-    task = cfg.backbone.task
-    key = ITEM_COUNT_KEYS.get(task, "captions" if task in TEXT_TASKS else None)
     try:
-        items = read_dataset_meta(cfg.data.path).get("items", {}).get(cfg.data.train_split, {})
+        return steps_per_epoch_from_meta(cfg, read_dataset_meta(cfg.data.path))
     except (FileNotFoundError, OSError):
         return None
-    per_worker = items.get(key, 0) // max(1, cfg.cluster.num_workers)
-    return per_worker // cfg.train.batch_size or None
 
 
 def build_trial_data(cfg: JobConfig, runtime: dict, trial: str) -> TrialData:

@@ -2,13 +2,14 @@
 
 Every Train worker (one DDP rank) runs :func:`train_loop_per_worker`:
 
-1. JobConfig (plain dict in ``config["job"]``) → backbone → MELTR;
+1. JobConfig (plain dict in ``config["job"]``) → :func:`meltr_ray.build_run` (backbone, MELTR, optimizers,
+   schedulers, trainer — the same code a run without Ray uses);
 2. the backbone goes through ``ray.train.torch.prepare_model`` (DDP with ``find_unused_parameters``, because
    the meta step asks for the primary loss alone); MELTR is *not* wrapped: ``loop.fit`` broadcasts φ from
    rank 0 and all-reduces its hypergradient itself (``meltr_ray.core.distributed``);
 3. batches come from the run's Ray Data shards (``ray.train.get_dataset_shard``) or, for small in-memory
    sources, from a ``local_batches(split, epoch, rank, world_size)`` function;
-4. ``loop.fit`` runs with ``save``/``report`` bound to Ray Train: rank 0 writes the full state (w, φ, both
+4. ``fit`` runs with ``save``/``report`` bound to Ray Train: rank 0 writes the full state (w, φ, both
    optimizers and schedulers, buffer, counters, RNG, config) to a temporary directory and attaches it as a
    ``ray.train.Checkpoint``; **every** rank calls ``ray.train.report`` (it is a barrier);
 5. on (re)start it resumes from ``ray.train.get_checkpoint()`` — after a worker crash, a trial restart or a
@@ -26,11 +27,9 @@ import ray.train
 import ray.train.torch
 import torch
 
-from ..backbones import create_backbone
 from ..core.checkpoint import load_checkpoint, save_checkpoint
 from ..config import JobConfig
-from ..core.loop import fit
-from ..core.meltr import build_combiner
+from ..run import build_run
 from .monitor import StepMonitor
 
 
@@ -126,18 +125,14 @@ def resume_state(device) -> dict | None:
         return load_checkpoint(directory, map_location=device, rank=ray.train.get_context().get_world_rank())
 
 
-def build_models(cfg: JobConfig, device):
-    """(unwrapped backbone, DDP-wrapped backbone for the inner step, MELTR) on ``device``."""
-    b = cfg.backbone
-    torch.manual_seed(cfg.train.seed)          # the same seed starts from the same weights (trials, reruns)
-    model = create_backbone(b.name, task=b.task, pretrained=b.pretrained, **(b.overrides or {}))
-    combiner = build_combiner(cfg.meltr, len(model.task_names)).to(device)
+def build_models(cfg: JobConfig, device, steps_per_epoch: int | None):
+    """:func:`meltr_ray.build_run` on ``device``, with the backbone wrapped in DDP for the inner step when
+    there is more than one worker (MELTR is not wrapped: ``fit`` broadcasts φ and all-reduces its gradient)."""
+    run = build_run(cfg, device, steps_per_epoch=steps_per_epoch)
     if ray.train.get_context().get_world_size() > 1:
-        train_model = ray.train.torch.prepare_model(
-            model, parallel_strategy_kwargs={"find_unused_parameters": True})
-    else:
-        train_model = model = model.to(device)
-    return model, train_model, combiner
+        run.trainer.train_model = ray.train.torch.prepare_model(
+            run.model, parallel_strategy_kwargs={"find_unused_parameters": True})
+    return run
 
 
 def make_evaluate(model, val_batches, rank: int):
@@ -154,11 +149,12 @@ def train_loop_per_worker(config: dict) -> dict:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    model, train_model, combiner = build_models(cfg, device)
+    data = config.get("data", {})
+    run = build_models(cfg, device, data.get("steps_per_epoch"))
+    cfg, model, task_names = run.cfg, run.model, run.trainer.task_names
     resume = resume_state(device)
     start_epoch = resume["epoch"] + 1 if resume is not None else 0
-    io = RayCheckpointIO(rank, model.task_names, start_epoch)
-    data = config.get("data", {})
+    io = RayCheckpointIO(rank, task_names, start_epoch)
     batch = cfg.train.batch_size
     train_batches = split_batches(data, cfg.data.train_split, batch, rank, world, drop_last=True,
                                   shuffle_batches=cfg.data.shuffle_buffer)
@@ -167,9 +163,7 @@ def train_loop_per_worker(config: dict) -> dict:
     meta_split = cfg.data.meta_split if cfg.meta.source == "split" else None
     meta_batches = split_batches(data, meta_split, batch, rank, world) if meta_split else None
     val_batches = split_batches(data, cfg.data.val_split, cfg.train.eval_batch_size, rank, world)
-    monitor = StepMonitor(config.get("trial", context.get_experiment_name()), model.task_names,
+    monitor = StepMonitor(config.get("trial", context.get_experiment_name()), task_names,
                           clips_per_step=batch * world) if rank == 0 else None
-    return fit(model, combiner, cfg, train_batches, meta_batches=meta_batches,
-               evaluate=make_evaluate(model, val_batches, rank), report=io.report, save=io.save,
-               resume=resume, on_step=monitor, steps_per_epoch=data.get("steps_per_epoch"),
-               train_model=train_model, device=device)
+    return run.fit(train_batches, meta_batches=meta_batches, evaluate=make_evaluate(model, val_batches, rank),
+                   report=io.report, save=io.save, resume=resume, on_step=monitor)

@@ -1,7 +1,6 @@
-"""One bilevel step of MELTR fine-tuning, meta-batch sources and the regulariser.
+"""One bilevel step of MELTR fine-tuning (the algorithm; the state it acts on is :mod:`.state`).
 
-Every step (inner, on w):      L = MELTR(ℓ(batch); φ) → backward → backbone optimizer step.
-                               MELTR's own gradients from this backward are discarded.
+Every step (inner, on w):      L = MELTR(ℓ(batch); φ) → backward (w only) → backbone optimizer step.
 Every ``meta_every`` steps (outer, on φ):
     L_outer = ℓ_pri(A) + γ·reg(ℓ(B), φ),   reg = |Σ_t ℓ_t(B) − MELTR(ℓ(B); φ)|  (or its square)
     L_inner = MELTR(ℓ(B); φ)
@@ -9,19 +8,20 @@ Every ``meta_every`` steps (outer, on φ):
 A and B come from a replay buffer of recent training batches (``meta.source='replay'``, official behaviour:
 drawn independently at random, re-forwarded with the current w), or A from a held-out meta split and B the
 current training batch (``'split'``), or both the current batch (``'current'``). With ``meta.share_forward``
-the meta iteration reuses the inner step's forward of the current batch as B (see :meth:`shared_step`).
+B is the current batch and its inner forward is reused (taken at the pre-update w): no second forward of B.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from . import distributed as dist_utils
-from .hypergrad import hypergradient, select_scope
+from .hypergrad import hypergradient
 from .meltr import stack_losses
+from .state import BilevelState, NonFiniteError, ReplayBuffer, StepCounters  # noqa: F401  (re-exported)
 
 
 def regulariser(losses: torch.Tensor, combined: torch.Tensor, form: str = "abs") -> torch.Tensor:
@@ -30,143 +30,84 @@ def regulariser(losses: torch.Tensor, combined: torch.Tensor, form: str = "abs")
     return gap.abs() if form == "abs" else gap.pow(2)
 
 
-class ReplayBuffer:
-    """The last ``size`` training batches, sampled uniformly with a generator of its own (checkpointed).
-
-    Eviction when full: ``fifo`` (oldest first, UniVL), ``weighted`` (the official Violet/All-in-one rule:
-    among the oldest ``size`` entries index i is evicted with weight (i+1)/size, so newer batches are *more*
-    likely to go and the one just added never does — kept for faithfulness, bug B-V6), or ``random``.
-    """
-
-    def __init__(self, size: int = 10, eviction: str = "fifo", seed: int = 0):
-        if eviction not in ("fifo", "weighted", "random"):
-            raise ValueError(f"meta.eviction must be 'fifo', 'weighted' or 'random', got {eviction!r}")
-        self.size, self.eviction = size, eviction
-        self.items: list = []
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def append(self, batch) -> None:
-        self.items.append(_detached(batch))
-        if len(self.items) > self.size:
-            self.items.pop(self._eviction_index())
-
-    def _eviction_index(self) -> int:
-        if self.eviction == "fifo":
-            return 0
-        if self.eviction == "weighted":
-            weights = torch.arange(1, self.size + 1, dtype=torch.float64)
-        else:
-            weights = torch.ones(self.size, dtype=torch.float64)
-        return int(torch.multinomial(weights, 1, generator=self.generator).item())
-
-    def sample(self):
-        index = int(torch.randint(len(self.items), (1,), generator=self.generator).item())
-        return self.items[index]
-
-    def state_dict(self) -> dict:
-        return {"items": self.items, "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.items = list(state["items"])
-        self.generator.set_state(state["generator"])
-
-
-def _detached(batch):
-    if torch.is_tensor(batch):
-        return batch.detach()
-    if isinstance(batch, dict):
-        return {k: _detached(v) for k, v in batch.items()}
-    return batch
-
-
 @dataclass
-class StepCounters:
-    step: int = 0                 # inner steps taken (skipped ones included)
-    meta_steps: int = 0
-    skipped_inner: int = 0        # non-finite losses
-    skipped_meta: int = 0         # non-finite outer loss or hypergradient
-    nonfinite_in_row: int = 0
-    last: dict = field(default_factory=dict)
+class Forward:
+    """ℓ(batch) as a dict and as MELTR's input vector, and MELTR(ℓ)."""
+    losses: dict
+    vector: torch.Tensor
+    total: torch.Tensor
 
 
-class NonFiniteError(RuntimeError):
-    """Raised after ``meta.max_nonfinite`` non-finite steps in a row."""
+class BilevelTrainer(BilevelState):
+    """:meth:`step` = :meth:`inner_step`, and every ``meta.meta_every`` steps :meth:`meta_step`."""
 
-
-class BilevelTrainer:
-    """Holds the model, MELTR, both optimizers and schedulers, and runs :meth:`step`.
-
-    ``model`` is the plain backbone (the meta step always differentiates the unwrapped module, because DDP does
-    not synchronise ``autograd.grad``); ``train_model`` is what the inner step calls — the DDP wrapper when
-    distributed, else the same module.
-    """
-
-    def __init__(self, model, combiner, cfg, backbone_optimizer, meltr_optimizer, backbone_scheduler=None,
-                 meltr_scheduler=None, train_model=None, device=None):
-        self.model, self.combiner, self.cfg = model, combiner, cfg
-        self.train_model = train_model if train_model is not None else model
-        self.backbone_optimizer, self.meltr_optimizer = backbone_optimizer, meltr_optimizer
-        self.backbone_scheduler, self.meltr_scheduler = backbone_scheduler, meltr_scheduler
-        self.device = device or next(model.parameters()).device
-        self.task_names = list(model.task_names)
-        self.primary_task = getattr(model, "primary_task", self.task_names[0])
-        self.buffer = ReplayBuffer(cfg.meta.buffer_size, cfg.meta.eviction, seed=cfg.train.seed)
-        self.counters = StepCounters()
-        self.meta_params = [p for p in combiner.parameters() if p.requires_grad]
-        self.scope_params = self._scope(cfg.meta.scope)
-        self.scope_ids = {id(p) for p in self.scope_params}
-
-    def _scope(self, scope):
-        if scope == "default":
-            scope = getattr(self.model, "default_meta_scope", "all")
-        return select_scope(self.model, scope)
-
-    # ---- helpers --------------------------------------------------------------------------------------
-    def _autocast(self):
-        if self.cfg.train.precision == "bf16" and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def _losses(self, model, batch, tasks=None) -> dict:
-        with self._autocast():
-            losses = model(batch) if tasks is None else model(batch, tasks=tasks)
-        # bf16/fp16 losses (autocast) go up to float32; float64 models keep float64 (exactness tests).
-        return {k: v.to(torch.promote_types(v.dtype, torch.float32)) for k, v in losses.items()}
-
-    def _all_finite(self, *tensors) -> bool:
-        bad = any(not bool(torch.isfinite(t.detach()).all()) for t in tensors)
-        return not dist_utils.any_rank(bad, device=self.device)
-
-    def _note_nonfinite(self, kind: str) -> None:
-        setattr(self.counters, kind, getattr(self.counters, kind) + 1)
-        self.counters.nonfinite_in_row += 1
-        if self.counters.nonfinite_in_row >= self.cfg.meta.max_nonfinite:
-            raise NonFiniteError(
-                f"{self.counters.nonfinite_in_row} non-finite steps in a row (meta.max_nonfinite="
-                f"{self.cfg.meta.max_nonfinite}) at step {self.counters.step}: check learning rates "
-                f"(optim.backbone_lr, optim.meltr_lr), meta.reg_weight and the input data")
-
-    # ---- the step ---------------------------------------------------------------------------------------
     def step(self, batch, meta_batch_fn=None) -> dict:
-        """One inner step on ``batch``; a meta step too when the step count reaches ``meta_every``.
-
-        ``meta_batch_fn()`` returns the next held-out meta batch (``meta.source='split'``).
-        """
+        """One inner step on ``batch``, and a meta step when due; ``meta_batch_fn()`` gives held-out A batches."""
         self.counters.step += 1
-        is_meta = self.counters.step % self.cfg.meta.meta_every == 0 and bool(self.meta_params)
-        if is_meta and self.cfg.meta.share_forward:
+        if not (self.counters.step % self.cfg.meta.meta_every == 0 and self.meta_params):
+            metrics = self.inner_step(batch)
+        elif self.cfg.meta.share_forward:
             metrics = self.shared_step(batch, meta_batch_fn)
         else:
             metrics = self.inner_step(batch)
-            if is_meta:
-                metrics.update(self.meta_step(*self._meta_batches(batch, meta_batch_fn)))
+            metrics.update(self.meta_step(self._outer_batch(batch, meta_batch_fn), self._reg_batch(batch)))
         if "skipped_inner" not in metrics:       # a non-finite batch must not poison later meta steps
             self.buffer.append(batch)
         self.counters.last = metrics
         return metrics
+
+    def inner_step(self, batch) -> dict:
+        """w ← w − α∇_w MELTR(ℓ(w)); MELTR gets no gradient here (``backward(inputs=w)``)."""
+        self._train_modes()
+        fwd = self.forward(self.train_model, batch)
+        if not self._inner_backward(fwd):
+            return {"skipped_inner": 1.0}
+        self._update_backbone()
+        return self._inner_metrics(fwd)
+
+    def meta_step(self, outer_batch, reg_batch, reg_forward: Forward | None = None) -> dict:
+        """φ ← φ − β·clip(hypergradient); ``reg_forward`` reuses a forward of B that the caller already has."""
+        self._train_modes()
+        with self._meta_context(scope_only=reg_forward is None):
+            primary = self.primary_loss(outer_batch, reg_batch if reg_forward is not None else None, reg_forward)
+            inner = reg_forward or self.forward(self.model, reg_batch, average=self.cfg.meta.global_hypergrad)
+            m = self.cfg.meta
+            outer = primary + m.reg_weight * regulariser(inner.vector, inner.total, m.reg_form)
+            grads = self._hypergradient(outer, inner, reg_batch) if self._all_finite(outer) else None
+        return self._update_meltr(grads, outer, primary)
+
+    def shared_step(self, batch, meta_batch_fn=None) -> dict:
+        """Inner and meta step from one forward of the current batch B (``meta.share_forward``)."""
+        self._train_modes()
+        with self._math_attention():
+            fwd = self.forward(self.train_model, batch)
+            if not self._inner_backward(fwd, retain_graph=True):
+                return {"skipped_inner": 1.0}
+            metrics = self.meta_step(self._outer_batch(batch, meta_batch_fn), batch, reg_forward=fwd)
+        self._update_backbone()
+        return {**self._inner_metrics(fwd), **metrics}
+
+    # ---- the pieces -------------------------------------------------------------------------------------
+    def forward(self, model, batch, tasks=None, average: bool = False) -> Forward:
+        """ℓ(batch) through ``model`` and MELTR(ℓ); ``average`` all-reduces ℓ differentiably (global mode)."""
+        with self._autocast():
+            losses = model(batch) if tasks is None else model(batch, tasks=tasks)
+        # bf16/fp16 losses (autocast) go up to float32; float64 models keep float64 (exactness tests).
+        losses = {k: v.to(torch.promote_types(v.dtype, torch.float32)) for k, v in losses.items()}
+        if tasks is not None:
+            return Forward(losses, None, None)
+        vector = stack_losses(losses, self.task_names)
+        if average:
+            vector = dist_utils.all_reduce_mean_differentiable(vector)
+        return Forward(losses, vector, self.combiner(vector))
+
+    def primary_loss(self, outer_batch, current_batch=None, current: Forward | None = None) -> torch.Tensor:
+        """ℓ_pri(A), out of ``current`` when A is the batch already forwarded."""
+        if current is not None and outer_batch is current_batch:
+            return current.losses[self.primary_task]
+        with self._only_scope_requires_grad():
+            loss = self.forward(self.model, outer_batch, tasks=[self.primary_task]).losses[self.primary_task]
+        return dist_utils.all_reduce_mean_differentiable(loss) if self.cfg.meta.global_hypergrad else loss
 
     def _outer_batch(self, batch, meta_batch_fn):
         """A, the batch of the primary (outer) loss, from ``meta.source``."""
@@ -175,90 +116,105 @@ class BilevelTrainer:
             if meta_batch_fn is None:
                 raise ValueError("meta.source='split' needs meta batches (data.meta_split)")
             return meta_batch_fn()
-        if source == "replay" and len(self.buffer):
-            return self.buffer.sample()
-        return batch
+        return self.buffer.sample() if source == "replay" and len(self.buffer) else batch
 
-    def _meta_batches(self, batch, meta_batch_fn):
-        """(A, B): A gives the primary (outer) loss, B the regulariser and L_inner (drawn independently of A
-        from the replay buffer, else the current batch)."""
-        outer = self._outer_batch(batch, meta_batch_fn)
-        replay = self.cfg.meta.source == "replay" and len(self.buffer)
-        return outer, (self.buffer.sample() if replay else batch)
+    def _reg_batch(self, batch):
+        """B, the batch of the regulariser and L_inner: drawn independently of A from the buffer, else current."""
+        return self.buffer.sample() if self.cfg.meta.source == "replay" and len(self.buffer) else batch
 
+    def _inner_backward(self, fwd: Forward, retain_graph: bool = False) -> bool:
+        """Backward of MELTR(ℓ) into the backbone's ``.grad``; False (and counted) when loss or gradient is
+        not finite on any rank (checked after DDP's all-reduce, so every rank agrees)."""
+        self.backbone_optimizer.zero_grad(set_to_none=True)
+        if self._all_finite(fwd.vector, fwd.total):
+            fwd.total.backward(inputs=self.backbone_params, retain_graph=retain_graph)
+            if self._all_finite(*(p.grad for p in self.backbone_params if p.grad is not None)):
+                self.counters.inner_fail_run = 0
+                return True
+            self.backbone_optimizer.zero_grad(set_to_none=True)
+        self._count_failure("skipped_inner", "inner_fail_run")
+        return False
+
+    def _update_backbone(self) -> None:
+        if self.cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.backbone_params, self.cfg.optim.grad_clip)
+        self.backbone_optimizer.step()
+        if self.backbone_scheduler is not None:
+            self.backbone_scheduler.step()
+
+    def _hypergradient(self, outer, inner: Forward, reg_batch) -> list:
+        meta = self.cfg.meta
+        closure = lambda: self.forward(self.model, reg_batch, average=meta.global_hypergrad).total  # noqa: E731
+        return list(hypergradient(
+            outer, closure if meta.products == "finite_difference" else inner.total, self.scope_params,
+            self.meta_params, neumann_steps=int(meta.neumann_steps),
+            neumann_lr=meta.neumann_lr if meta.neumann_lr is not None else self.cfg.optim.backbone_lr,
+            convention=meta.convention, include_direct=meta.include_direct, inverse=meta.inverse,
+            products=meta.products, fd_radius=meta.fd_radius,
+            reduce=dist_utils.all_reduce_mean if meta.global_hypergrad else None))
+
+    def _update_meltr(self, grads, outer, primary) -> dict:
+        """Average the hypergradient across ranks as one flat vector, skip it if non-finite, clip, step MELTR."""
+        if grads is not None:
+            grads = dist_utils.all_reduce_mean(grads)
+            norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
+        if grads is None or not math.isfinite(norm):
+            self._count_failure("skipped_meta", "meta_fail_run")
+            return {"skipped_meta": 1.0}
+        clip = self.cfg.meta.clip_norm
+        scale = min(1.0, clip / (norm + 1e-6)) if clip else 1.0
+        self.meltr_optimizer.zero_grad(set_to_none=True)
+        for p, g in zip(self.meta_params, grads):
+            p.grad = (g * scale).to(p.dtype)
+        self.meltr_optimizer.step()
+        if self.meltr_scheduler is not None:
+            self.meltr_scheduler.step()
+        self.meltr_optimizer.zero_grad(set_to_none=True)
+        self.counters.meta_steps += 1
+        self.counters.meta_fail_run = 0
+        return {"meta_grad_norm": norm, "meta_outer_loss": float(outer.detach()),
+                "meta_primary_loss": float(primary.detach())}
+
+    def _inner_metrics(self, fwd: Forward) -> dict:
+        """Losses every step; the task weights ∂MELTR/∂ℓ_t (an extra autograd call) only on logged steps."""
+        metrics = {f"loss_{k}": float(v.detach()) for k, v in fwd.losses.items()}
+        metrics["train_loss"] = float(fwd.total.detach())
+        if self.counters.step % self.cfg.train.log_every == 0:
+            weights = self.combiner.task_weights(fwd.vector.detach())
+            metrics.update({f"weight_{k}": float(w) for k, w in zip(self.task_names, weights)})
+        return metrics
+
+    # ---- modes, contexts, failure accounting ---------------------------------------------------------
     def _train_modes(self) -> None:
         self.model.train()
         self.combiner.train(not self.cfg.meltr.eval_mode)
 
-    def _forward(self, batch):
-        """ℓ(batch) through the training module (DDP when distributed) and MELTR(ℓ)."""
-        losses = self._losses(self.train_model, batch)
-        vector = stack_losses(losses, self.task_names)
-        return losses, vector, self.combiner(vector)
+    def _autocast(self):
+        if self.cfg.train.precision == "bf16" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
-    def _inner_update(self) -> None:
-        """Clip and step the backbone on the gradients already accumulated; MELTR's own are discarded."""
-        self.combiner.zero_grad(set_to_none=True)
-        if self.cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        self.backbone_optimizer.step()
-        if self.backbone_scheduler is not None:
-            self.backbone_scheduler.step()
-        self.counters.nonfinite_in_row = 0
+    def _all_finite(self, *tensors) -> bool:
+        """One host sync for all tensors, then agreement across ranks."""
+        flags = [torch.isfinite(t.detach()).all() for t in tensors if t is not None]
+        bad = bool(flags) and not bool(torch.stack(flags).all())
+        return not dist_utils.any_rank(bad, device=self.device)
 
-    def _inner_metrics(self, losses, vector, total) -> dict:
-        metrics = {f"loss_{k}": float(v.detach()) for k, v in losses.items()}
-        weights = self.combiner.task_weights(vector.detach())
-        metrics.update({f"weight_{k}": float(w) for k, w in zip(self.task_names, weights)})
-        metrics["train_loss"] = float(total.detach())
-        return metrics
-
-    def inner_step(self, batch) -> dict:
-        """w ← w − α∇_w MELTR(ℓ(w)); the gradient MELTR receives here is discarded."""
-        self._train_modes()
-        losses, vector, total = self._forward(batch)
-        self.backbone_optimizer.zero_grad(set_to_none=True)
-        if not self._all_finite(vector, total):
-            self._note_nonfinite("skipped_inner")
-            return {"skipped_inner": 1.0}
-        total.backward()
-        self._inner_update()
-        return self._inner_metrics(losses, vector, total)
-
-    def shared_step(self, batch, meta_batch_fn=None) -> dict:
-        """Inner and meta step from *one* forward of the current batch (``meta.share_forward``).
-
-        B = the current batch: its forward gives the inner gradient (``backward(retain_graph=True)``) and then,
-        from the same graph, L_inner and the regulariser of the hypergradient, taken at the pre-update w; A
-        comes from the usual source (replay buffer or held-out split). This saves the re-forward of B — with a
-        small scope, most of the meta step's cost — at the price of keeping the full graph through the
-        hypergradient. Then the backbone steps, then MELTR.
-        """
-        meta = self.cfg.meta
-        self._train_modes()
-        with self._math_attention():
-            losses, vector, total = self._forward(batch)
-            self.backbone_optimizer.zero_grad(set_to_none=True)
-            if not self._all_finite(vector, total):
-                self._note_nonfinite("skipped_inner")
-                return {"skipped_inner": 1.0}
-            total.backward(retain_graph=True)
-            outer_batch = self._outer_batch(batch, meta_batch_fn)
-            with self._only_scope_requires_grad():
-                primary = (losses[self.primary_task] if outer_batch is batch else
-                           self._losses(self.model, outer_batch, tasks=[self.primary_task])[self.primary_task])
-            outer = primary + meta.reg_weight * regulariser(vector, total, meta.reg_form)
-            grads = self._hypergradient(outer, total) if self._all_finite(outer) else None
-        self._inner_update()
-        metrics = self._inner_metrics(losses, vector, total)
-        metrics.update(self._meta_update(grads, outer, primary))
-        return metrics
+    def _count_failure(self, total: str, run: str) -> None:
+        setattr(self.counters, total, getattr(self.counters, total) + 1)
+        setattr(self.counters, run, getattr(self.counters, run) + 1)
+        if getattr(self.counters, run) >= self.cfg.meta.max_nonfinite:
+            kind = "inner (loss or backbone gradient)" if run == "inner_fail_run" else "meta (hypergradient)"
+            raise NonFiniteError(
+                f"{getattr(self.counters, run)} non-finite {kind} steps in a row (meta.max_nonfinite="
+                f"{self.cfg.meta.max_nonfinite}) at step {self.counters.step}: check learning rates "
+                f"(optim.backbone_lr, optim.meltr_lr), meta.reg_weight and the input data")
 
     @contextlib.contextmanager
     def _only_scope_requires_grad(self):
-        """Out-of-scope backbone parameters stop requiring grad during the meta step, so autograd records
+        """Out-of-scope backbone parameters stop requiring grad during the meta forwards, so autograd records
         no graph below the lowest in-scope layer: the main lever on the meta step's time and memory."""
-        frozen = [p for p in self.model.parameters() if p.requires_grad and id(p) not in self.scope_ids]
+        frozen = [p for p in self.backbone_params if p.requires_grad and id(p) not in self.scope_ids]
         for p in frozen:
             p.requires_grad_(False)
         try:
@@ -273,96 +229,9 @@ class BilevelTrainer:
         from torch.nn.attention import SDPBackend, sdpa_kernel
         return sdpa_kernel(SDPBackend.MATH)
 
-    def _meta_context(self):
+    def _meta_context(self, scope_only: bool = True):
         stack = contextlib.ExitStack()
-        stack.enter_context(self._only_scope_requires_grad())
+        if scope_only:
+            stack.enter_context(self._only_scope_requires_grad())
         stack.enter_context(self._math_attention())
         return stack
-
-    def meta_losses(self, outer_batch, reg_batch):
-        """(L_outer, L_inner or its closure, primary) for the meta step; global mode averages the loss
-        vectors across ranks (differentiably), so every rank sees the global batch's losses."""
-        meta, glob = self.cfg.meta, self.cfg.meta.global_hypergrad
-        average = dist_utils.all_reduce_mean_differentiable if glob else (lambda x: x)
-
-        def inner_parts():
-            vector = average(stack_losses(self._losses(self.model, reg_batch), self.task_names))
-            return vector, self.combiner(vector)
-
-        primary = average(self._losses(self.model, outer_batch, tasks=[self.primary_task])[self.primary_task])
-        vector, combined = inner_parts()
-        outer = primary + meta.reg_weight * regulariser(vector, combined, meta.reg_form)
-        inner = (lambda: inner_parts()[1]) if meta.method == "finite_difference" else combined
-        return outer, inner, primary
-
-    def _hypergradient(self, outer, inner) -> list:
-        meta = self.cfg.meta
-        return list(hypergradient(
-            outer, inner, self.scope_params, self.meta_params, neumann_steps=int(meta.neumann_steps),
-            neumann_lr=meta.neumann_lr if meta.neumann_lr is not None else self.cfg.optim.backbone_lr,
-            convention=meta.convention, include_direct=meta.include_direct, method=meta.method,
-            fd_radius=meta.fd_radius, reduce=dist_utils.all_reduce_mean if meta.global_hypergrad else None))
-
-    def meta_step(self, outer_batch, reg_batch) -> dict:
-        """φ ← φ − β·clip(hypergradient), with the hypergradient averaged across ranks as one flat vector."""
-        self._train_modes()
-        with self._meta_context():
-            outer, inner, primary = self.meta_losses(outer_batch, reg_batch)
-            grads = self._hypergradient(outer, inner) if self._all_finite(outer) else None
-        return self._meta_update(grads, outer, primary)
-
-    def _meta_update(self, grads, outer, primary) -> dict:
-        """Average the hypergradient across ranks, skip it if non-finite, clip it and step MELTR."""
-        if grads is None:
-            self._note_nonfinite("skipped_meta")
-            return {"skipped_meta": 1.0}
-        grads = dist_utils.all_reduce_mean(grads)
-        norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
-        if not math.isfinite(norm):
-            self._note_nonfinite("skipped_meta")
-            return {"skipped_meta": 1.0}
-        self._apply_meta_gradient(grads, norm)
-        self.counters.meta_steps += 1
-        self.counters.nonfinite_in_row = 0
-        return {"meta_grad_norm": norm, "meta_outer_loss": float(outer.detach()),
-                "meta_primary_loss": float(primary.detach())}
-
-    def _apply_meta_gradient(self, grads: list, norm: float) -> None:
-        clip = self.cfg.meta.clip_norm
-        scale = min(1.0, clip / (norm + 1e-6)) if clip else 1.0
-        self.meltr_optimizer.zero_grad(set_to_none=True)
-        for p, g in zip(self.meta_params, grads):
-            p.grad = (g * scale).to(p.dtype)
-        self.meltr_optimizer.step()
-        if self.meltr_scheduler is not None:
-            self.meltr_scheduler.step()
-        self.meltr_optimizer.zero_grad(set_to_none=True)
-
-    # ---- state ------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        c = self.counters
-        return {
-            "backbone": self.model.state_dict(),
-            "combiner": self.combiner.state_dict(),
-            "backbone_optimizer": self.backbone_optimizer.state_dict(),
-            "meltr_optimizer": self.meltr_optimizer.state_dict() if self.meltr_optimizer else None,
-            "backbone_scheduler": self.backbone_scheduler.state_dict() if self.backbone_scheduler else None,
-            "meltr_scheduler": self.meltr_scheduler.state_dict() if self.meltr_scheduler else None,
-            "buffer": self.buffer.state_dict(),
-            "counters": {"step": c.step, "meta_steps": c.meta_steps, "skipped_inner": c.skipped_inner,
-                         "skipped_meta": c.skipped_meta, "nonfinite_in_row": c.nonfinite_in_row},
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["backbone"])
-        self.combiner.load_state_dict(state["combiner"])
-        self.backbone_optimizer.load_state_dict(state["backbone_optimizer"])
-        if self.meltr_optimizer is not None and state.get("meltr_optimizer"):
-            self.meltr_optimizer.load_state_dict(state["meltr_optimizer"])
-        if self.backbone_scheduler is not None and state.get("backbone_scheduler"):
-            self.backbone_scheduler.load_state_dict(state["backbone_scheduler"])
-        if self.meltr_scheduler is not None and state.get("meltr_scheduler"):
-            self.meltr_scheduler.load_state_dict(state["meltr_scheduler"])
-        self.buffer.load_state_dict(state["buffer"])
-        for key, value in state["counters"].items():
-            setattr(self.counters, key, value)

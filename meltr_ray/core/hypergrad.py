@@ -24,9 +24,17 @@ Conventions (``convention=``):
 drops it). With ``series`` the implicit term is not in the units of the direct one (it lacks the factor α), so
 mixing them changes the balance; ``inverse`` + ``include_direct`` is the faithful IFT estimate.
 
-Methods: ``neumann`` (exact HVPs and mixed product by double backward) and ``finite_difference`` (central
-differences of first-order gradients, ε = R/‖p‖ — the fallback when double backward is unavailable or too
-costly; needs ``inner_loss`` as a closure that recomputes the loss at the current w).
+Two choices, made separately (Betty's shape: small functions with one signature, in two registries):
+
+* the inverse-Hessian approximation, :data:`INVERSE_APPROXIMATIONS` — ``neumann`` (the K-term series above)
+  or ``identity`` (H⁻¹ ≈ I: K = 0 whatever ``neumann_steps`` says; no HVP); each is
+  ``approx(products, g, steps, lr, reduce) -> p``;
+* the product backend, :data:`PRODUCT_BACKENDS` — ``exact`` (HVPs and the mixed product by double backward)
+  or ``finite_difference`` (central differences of first-order gradients, ε = R/‖p‖ — the fallback when
+  double backward is unavailable or too costly; needs ``inner_loss`` as a closure that recomputes the loss at
+  the current w); each is ``Backend(inner_loss, params, radius)`` with ``.hvp(v)`` and ``.mixed(v, φ)``.
+
+``method=`` is the older single switch (``neumann`` = exact products, ``finite_difference``); it still works.
 
 The result is the gradient to *descend* on, one tensor per meta parameter, zeros where there is no path.
 """
@@ -51,14 +59,16 @@ def _check_scalar_loss(name: str, loss) -> None:
         raise ValueError(f"{name} must be finite, got {loss.item()!r}")
 
 
-def _check_options(neumann_steps, neumann_lr, convention, method, fd_radius) -> None:
+def _check_options(neumann_steps, neumann_lr, convention, inverse, products, fd_radius) -> None:
     if isinstance(neumann_steps, bool) or not isinstance(neumann_steps, int) or neumann_steps < 0:
         raise ValueError(f"neumann_steps must be an integer >= 0, got {neumann_steps!r}")
     if convention not in ("series", "inverse"):
         raise ValueError(f"convention must be 'series' or 'inverse', got {convention!r}")
-    if method not in ("neumann", "finite_difference"):
-        raise ValueError(f"method must be 'neumann' or 'finite_difference', got {method!r}")
-    needs_lr = neumann_steps > 0 or convention == "inverse"
+    if inverse not in INVERSE_APPROXIMATIONS:
+        raise ValueError(f"inverse must be one of {sorted(INVERSE_APPROXIMATIONS)}, got {inverse!r}")
+    if products not in PRODUCT_BACKENDS:
+        raise ValueError(f"products must be one of {sorted(PRODUCT_BACKENDS)}, got {products!r}")
+    needs_lr = (neumann_steps > 0 and inverse == "neumann") or convention == "inverse"
     if neumann_lr is None and needs_lr:
         raise ValueError("neumann_lr must be given when neumann_steps > 0 or convention='inverse'")
     if neumann_lr is not None and (not isinstance(neumann_lr, (int, float)) or not math.isfinite(neumann_lr)
@@ -119,7 +129,8 @@ def select_scope(model: torch.nn.Module, scope="all") -> list:
 class _ExactProducts:
     """HVPs and the mixed product by double backward through ∇_w L_inner (built once, create_graph=True)."""
 
-    def __init__(self, inner_loss, params: list):
+    def __init__(self, inner_loss, params: list, radius: float = 0.0):
+        inner_loss = inner_loss() if callable(inner_loss) else inner_loss
         grads = torch.autograd.grad(inner_loss, params, create_graph=True, allow_unused=True)
         # Parameters without a path to L_inner, or whose gradient does not depend on w or φ, contribute zeros.
         self.index = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
@@ -180,7 +191,7 @@ class _FiniteDifferenceProducts:
         return self._central(vector, meta_params)
 
 
-# ---- the public function --------------------------------------------------------------------------------
+# ---- the inverse-Hessian approximations (one signature) ---------------------------------------------------
 def neumann_series(products, g: Tensors, steps: int, lr: float, reduce: Reduce | None = None) -> Tensors:
     """p = Σ_{j=0..K} v_j with v₀ = g, v_{j+1} = v_j − α·H v_j. K = 0 computes no HVP."""
     v = [x.detach() for x in g]
@@ -194,9 +205,21 @@ def neumann_series(products, g: Tensors, steps: int, lr: float, reduce: Reduce |
     return p
 
 
+def identity_inverse(products, g: Tensors, steps: int, lr: float, reduce: Reduce | None = None) -> Tensors:
+    """p = g: H⁻¹ ≈ I (the official MELTR code; K = 0 whatever ``steps`` says). Computes no HVP."""
+    return [x.detach() for x in g]
+
+
+INVERSE_APPROXIMATIONS = {"identity": identity_inverse, "neumann": neumann_series}
+PRODUCT_BACKENDS = {"exact": _ExactProducts, "finite_difference": _FiniteDifferenceProducts}
+_LEGACY_METHODS = {"neumann": "exact", "finite_difference": "finite_difference"}
+
+
+# ---- the public function --------------------------------------------------------------------------------
 def hypergradient(outer_loss, inner_loss, params, meta_params, *, neumann_steps: int = 3,
                   neumann_lr: float | None, convention: str = "series", include_direct: bool = False,
-                  method: str = "neumann", fd_radius: float = 1e-2, reduce: Reduce | None = None) -> tuple:
+                  inverse: str = "neumann", products: str = "exact", method: str | None = None,
+                  fd_radius: float = 1e-2, reduce: Reduce | None = None) -> tuple:
     """The hypergradient of ``outer_loss`` with respect to ``meta_params`` (see the module docstring).
 
     Args:
@@ -209,7 +232,9 @@ def hypergradient(outer_loss, inner_loss, params, meta_params, *, neumann_steps:
         neumann_lr: α, the Neumann step (needed when K > 0 or ``convention="inverse"``).
         convention: ``series`` or ``inverse``.
         include_direct: add ∂L_outer/∂φ.
-        method: ``neumann`` (double backward) or ``finite_difference``.
+        inverse: ``neumann`` or ``identity`` (a key of :data:`INVERSE_APPROXIMATIONS`).
+        products: ``exact`` (double backward) or ``finite_difference`` (a key of :data:`PRODUCT_BACKENDS`).
+        method: legacy single switch: ``neumann`` (= exact products) or ``finite_difference``.
         fd_radius: R in ε = R/‖u‖ for finite differences.
         reduce: optional all-reduce (mean) applied to g and each HVP — the "global" distributed mode, in
             which every rank computes the hypergradient of the global batch.
@@ -218,11 +243,15 @@ def hypergradient(outer_loss, inner_loss, params, meta_params, *, neumann_steps:
         a tuple with one tensor per meta parameter: the gradient to descend on.
     """
     params, meta_params = list(params), list(meta_params)
-    _check_options(neumann_steps, neumann_lr, convention, method, fd_radius)
+    if method is not None:
+        if method not in _LEGACY_METHODS:
+            raise ValueError(f"method must be 'neumann' or 'finite_difference', got {method!r}")
+        products = _LEGACY_METHODS[method]
+    _check_options(neumann_steps, neumann_lr, convention, inverse, products, fd_radius)
     _check_meta_params(meta_params)
     _check_scalar_loss("outer_loss", outer_loss)
-    if method == "finite_difference" and not callable(inner_loss):
-        raise ValueError("method='finite_difference' needs inner_loss as a callable that recomputes the loss")
+    if products == "finite_difference" and not callable(inner_loss):
+        raise ValueError("products='finite_difference' (method='finite_difference') needs inner_loss as a callable that recomputes the loss")
     inner_value = inner_loss() if callable(inner_loss) else inner_loss
     _check_scalar_loss("inner_loss", inner_value)
 
@@ -232,11 +261,10 @@ def hypergradient(outer_loss, inner_loss, params, meta_params, *, neumann_steps:
     if reduce is not None:
         g = reduce(g)
 
-    products = (_ExactProducts(inner_value, params) if method == "neumann"
-                else _FiniteDifferenceProducts(inner_loss, params, fd_radius))
-    p = neumann_series(products, g, neumann_steps, neumann_lr or 0.0, reduce)
+    backend = PRODUCT_BACKENDS[products](inner_value if products == "exact" else inner_loss, params, fd_radius)
+    p = INVERSE_APPROXIMATIONS[inverse](backend, g, neumann_steps, neumann_lr or 0.0, reduce)
     scale = -(neumann_lr if convention == "inverse" else 1.0)
-    result = [scale * m.detach() for m in products.mixed(p, meta_params)]
+    result = [scale * m.detach() for m in backend.mixed(p, meta_params)]
     if include_direct:
         result = [r + d.detach() for r, d in zip(result, outer_grads[len(params):])]
     return tuple(result)

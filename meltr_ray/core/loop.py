@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import distributed as dist_utils
-from .bilevel import BilevelTrainer
+from .bilevel import BilevelTrainer, NonFiniteError
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
 
 
@@ -39,11 +39,17 @@ def make_optimizer(params, name: str, lr: float, weight_decay: float, betas) -> 
 
 
 def make_scheduler(optimizer, schedule: str, total_steps: int | None, warmup_ratio: float):
-    """Linear warmup over ``warmup_ratio·total_steps`` then linear decay to 0 (``linear``), or constant."""
+    """Linear warmup over ``warmup_ratio·total_steps`` then linear decay to 0 (``linear``), or constant.
+
+    A linear schedule needs the run's length: without it, it is an error (never a silent constant rate).
+    """
     if optimizer is None:
         return None
-    if schedule == "constant" or not total_steps:
+    if schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if not total_steps:
+        raise ValueError("optim.schedule='linear' needs the run's length: pass steps_per_epoch (or train "
+                         "batches with a len()), set train.max_steps, or use optim.schedule='constant'")
     warmup = int(warmup_ratio * total_steps)
 
     def factor(step: int) -> float:
@@ -54,8 +60,11 @@ def make_scheduler(optimizer, schedule: str, total_steps: int | None, warmup_rat
 
 
 def build_trainer(model, combiner, cfg, *, train_model=None, steps_per_epoch: int | None = None,
-                  device=None) -> BilevelTrainer:
-    """Optimizers (Adam/AdamW) and warmup+linear-decay schedulers for w (α) and φ (β), around one trainer."""
+                  device=None, task_names=None, meta_scope=None) -> BilevelTrainer:
+    """Optimizers (Adam/AdamW) and warmup+linear-decay schedulers for w (α) and φ (β), around one trainer.
+
+    ``task_names`` / ``meta_scope`` default to the model's own attributes (the spec's, from ``build_run``).
+    """
     o = cfg.optim
     total = cfg.train.max_steps or (steps_per_epoch * cfg.train.epochs if steps_per_epoch else None)
     backbone_opt = make_optimizer(model.parameters(), o.optimizer, o.backbone_lr, o.backbone_weight_decay, o.betas)
@@ -64,7 +73,8 @@ def build_trainer(model, combiner, cfg, *, train_model=None, steps_per_epoch: in
     return BilevelTrainer(model, combiner, cfg, backbone_opt, meltr_opt,
                           make_scheduler(backbone_opt, o.schedule, total, o.warmup_ratio),
                           make_scheduler(meltr_opt, o.schedule, meta_total, o.warmup_ratio),
-                          train_model=train_model, device=device)
+                          train_model=train_model, device=device, task_names=task_names,
+                          meta_scope=meta_scope)
 
 
 def local_saver(directory) -> Callable:
@@ -95,20 +105,24 @@ def fit(model, combiner, cfg, train_batches: Callable[[int], Iterable], *,
         meta_batches: Callable[[int], Iterable] | None = None, evaluate: Callable | None = None,
         report: Callable | None = None, save: Callable | None = None, resume: dict | None = None,
         on_step: Callable | None = None, steps_per_epoch: int | None = None, train_model=None,
-        device=None) -> dict:
+        device=None, trainer: BilevelTrainer | None = None) -> dict:
     """Bilevel MELTR fine-tuning for ``cfg.train.epochs`` epochs; returns the last epoch's metrics.
 
     ``train_batches(epoch)`` / ``meta_batches(epoch)`` return iterables of batches (dicts of tensors);
     ``evaluate(model) -> {metric: value}`` runs at every ``train.eval_every``-th epoch, its metrics prefixed
-    ``val_``. ``train_model`` is the DDP-wrapped backbone when distributed.
+    ``val_``. ``train_model`` is the DDP-wrapped backbone when distributed. ``trainer`` is one already built
+    (``build_run(cfg).trainer``); otherwise it is built here, with ``steps_per_epoch`` taken from
+    ``len(train_batches(0))`` when not given (the linear schedules need it).
     """
     cfg.validate()
     device = device or next(model.parameters()).device
     if resume is None:
         seed_everything(cfg.train.seed)
     dist_utils.broadcast_module_(combiner)           # every rank starts from rank 0's φ
-    trainer = build_trainer(model, combiner, cfg, train_model=train_model, steps_per_epoch=steps_per_epoch,
-                            device=device)
+    if trainer is None:
+        steps_per_epoch = steps_per_epoch or _known_length(train_batches)
+        trainer = build_trainer(model, combiner, cfg, train_model=train_model, steps_per_epoch=steps_per_epoch,
+                                device=device)
     start_epoch = 0
     if resume is not None:
         trainer.load_state_dict(resume)
@@ -130,6 +144,7 @@ def fit(model, combiner, cfg, train_batches: Callable[[int], Iterable], *,
             model.eval()
             with torch.no_grad():
                 metrics.update({f"val_{k}": v for k, v in evaluate(model).items()})
+        _check_weights_finite(model, combiner, epoch)
         state = {**trainer.state_dict(), "epoch": epoch, "rng": rng_state(), "config": cfg.to_dict()}
         handle = save(state, epoch) if save is not None else None
         if report is not None:
@@ -137,6 +152,21 @@ def fit(model, combiner, cfg, train_batches: Callable[[int], Iterable], *,
         if cfg.train.max_steps and trainer.counters.step >= cfg.train.max_steps:
             break
     return metrics
+
+
+def _known_length(train_batches: Callable[[int], Iterable]) -> int | None:
+    """``len(train_batches(0))`` when the epoch's iterable has one (a list, a DataLoader), else ``None``."""
+    batches = train_batches(0)
+    return len(batches) if hasattr(batches, "__len__") else None
+
+
+def _check_weights_finite(model, combiner, epoch: int) -> None:
+    """Weights that are not finite are never saved: stop with an error naming the first bad parameter."""
+    for owner, module in (("backbone", model), ("MELTR", combiner)):
+        for name, param in module.named_parameters():
+            if not bool(torch.isfinite(param.detach()).all()):
+                raise NonFiniteError(f"{owner} parameter {name} is not finite after epoch {epoch}; the "
+                                     f"checkpoint is not written (lower the learning rates)")
 
 
 def _epoch_metrics(trainer: BilevelTrainer, meter: _EpochMeter, epoch: int) -> dict:

@@ -1,4 +1,4 @@
-"""Shard rows → training samples: decode each row once, emit one sample per text item of the task.
+"""Shard rows → training samples: decode each row once, emit one sample per item of the spec's kind.
 
 This is the body of the Ray Data decode UDF (``meltr_ray.cluster.data``), kept here free of Ray so it is
 tested and benchmarked on its own.
@@ -25,13 +25,11 @@ from typing import Callable
 
 import numpy as np
 
+from .items import TARGET_KEYS, check_kind, text_items
 from .tokenize import encode_mc_prompts, encode_texts, load_tokenizer
 from .video import DecodeError, describe_error, get_decoder, sample_clip
 
 log = logging.getLogger(__name__)
-
-TEXT_TASKS = ("retrieval", "captioning", "pretrain")
-TASKS = TEXT_TASKS + ("qa_mc", "qa_oe", "classification", "action", "sentiment")   # action = classification
 
 # shard columns the builder reads (the pipeline selects only these)
 VIDEO_COLUMNS = ["id", "video_id", "video_bytes", "n_frames", "fps", "width", "height", "clip_start", "clip_end"]
@@ -40,32 +38,6 @@ FEATURE_COLUMNS = ["id", "video_id", "features", "feature_dim"]
 VQ_COLUMNS = ["vq_ids", "vq_h", "vq_w"]
 
 BadRowHook = Callable[[str, str, str], None]          # (row id, video id, reason)
-
-
-def _list(row: dict, key: str) -> list:
-    """A list column of a row as a Python list (rows from Arrow/numpy hold arrays or None)."""
-    value = row.get(key)
-    return [] if value is None else list(value)
-
-
-def text_items(row: dict, task: str) -> list[dict]:
-    """The text items of one row for ``task``: each a dict with ``text`` and, per task, answer/label/score."""
-    if task in TEXT_TASKS:
-        return [{"text": str(c)} for c in _list(row, "captions")]
-    if task in ("qa_mc", "qa_oe"):
-        qs = zip(_list(row, "questions"), _list(row, "options"), _list(row, "answers"), _list(row, "answer_texts"))
-        if task == "qa_mc":
-            return [{"text": str(q), "options": [str(x) for x in o], "answer": int(a)}
-                    for q, o, a, _ in qs if o is not None and len(o) and a >= 0]
-        return [{"text": str(q), "answer_text": str(t)} for q, _, _, t in qs if t]
-    first = str((_list(row, "captions") or [""])[0])
-    if task in ("classification", "action"):
-        label = row.get("label")
-        return [{"text": first, "label": int(label)}] if label is not None and label >= 0 else []
-    if task == "sentiment":
-        score = row.get("score", math.nan)
-        return [] if score is None or math.isnan(score) else [{"text": first, "score": float(score)}]
-    raise ValueError(f"unknown task {task!r}; known: {TASKS}")
 
 
 def rows_of(batch: dict) -> list[dict]:
@@ -82,18 +54,17 @@ class SampleBuilder:
     and gives up on it after that many seconds (a native decoder hang cannot be interrupted, only abandoned).
     """
 
-    def __init__(self, *, task: str = "retrieval", num_frames: int = 4, image_size: int = 32,
+    def __init__(self, *, items: str = "captions", num_frames: int = 4, image_size: int = 32,
                  max_text_len: int = 16, vocab_path: "str | dict | None" = None, sampling: str = "uniform",
                  resize_mode: str = "stretch", min_frames: int = 1, decoder="decord", modality: str = "video",
                  vq_grid: tuple[int, int] | None = None, feature_dim: int = 0, num_options: int = 5,
                  answer_vocab: list[str] | None = None, text_mode: str = "all", max_feature_frames: int = 48,
                  decode_timeout_s: float | None = 60.0,
                  seed: "int | list[int] | None" = None, on_bad_row: BadRowHook | None = None):
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; known: {TASKS}")
+        check_kind(items)
         if text_mode not in ("all", "random"):
             raise ValueError("text_mode must be 'all' or 'random'")
-        self.task, self.num_frames, self.image_size, self.max_text_len = task, num_frames, image_size, max_text_len
+        self.items, self.num_frames, self.image_size, self.max_text_len = items, num_frames, image_size, max_text_len
         self.sampling, self.resize_mode, self.min_frames = sampling, resize_mode, min_frames
         self.modality, self.vq_grid, self.num_options, self.text_mode = modality, vq_grid, num_options, text_mode
         self.max_feature_frames, self.decode_timeout_s = max_feature_frames, decode_timeout_s
@@ -175,7 +146,7 @@ class SampleBuilder:
     def _encode_item(self, item: dict) -> dict:
         out: dict = {}
         if self.tokenizer is not None:
-            if self.task == "qa_mc":
+            if self.items == "qa_mc":
                 ids, mask = encode_mc_prompts(self.tokenizer, item["text"], item["options"][:self.num_options],
                                               self.max_text_len)
                 o = np.zeros((self.num_options, self.max_text_len), dtype=np.int64)
@@ -196,7 +167,7 @@ class SampleBuilder:
         return out
 
     def _items(self, row: dict) -> list[tuple[int, dict]]:
-        items = list(enumerate(text_items(row, self.task)))
+        items = list(enumerate(text_items(row, self.items)))
         if self.text_mode == "random" and items:
             items = [items[self.rng.integers(len(items))]]
         return items
@@ -238,12 +209,11 @@ class SampleBuilder:
             if self.vq_grid:
                 out["vq_ids"] = np.zeros((0, t, *self.vq_grid), np.int64)
         if self.tokenizer is not None:
-            shape = (0, o, L) if self.task == "qa_mc" else (0, L)
+            shape = (0, o, L) if self.items == "qa_mc" else (0, L)
             out["text_ids"], out["text_mask"] = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
-            if self.task == "qa_mc":
+            if self.items == "qa_mc":
                 out["option_mask"] = np.zeros((0, o), np.int64)
-        key = {"qa_mc": "answer", "qa_oe": "answer", "classification": "label", "action": "label",
-               "sentiment": "score"}.get(self.task)
+        key = TARGET_KEYS.get(self.items)
         if key:
             out[key] = np.zeros((0,), np.float32 if key == "score" else np.int64)
         return out

@@ -26,7 +26,6 @@ from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder, 
 
 from . import tasks as tasks_mod
 from .._layers import additive_key_mask, two_layer_head
-from .._registry import register_backbone
 from .checkpoint import load_violet_checkpoint
 from .video_swin import SwinTransformer3D
 
@@ -288,13 +287,32 @@ def build_violet(base: VioletConfig, task: str = "retrieval", pretrained: str | 
     return model
 
 
-@register_backbone("violet_base")
-def violet_base(task: str = "retrieval", pretrained: str | None = None, **overrides) -> Violet:
-    """Official sizes: Video Swin-S (96, 2/2/18/2) + 12-layer BERT-base cross encoder, ~198M parameters."""
-    return build_violet(VIOLET_BASE, task, pretrained, **overrides)
-
-
-@register_backbone("violet_tiny")
-def violet_tiny(task: str = "retrieval", pretrained: str | None = None, **overrides) -> Violet:
-    """Same code at CPU-test size: Swin width 16, window (2, 4, 4), 2-layer 128-wide cross encoder."""
-    return build_violet(VIOLET_TINY, task, pretrained, **overrides)
+def example_batch(cfg: VioletConfig, task: str, batch_size: int, generator: torch.Generator, frames: int,
+                  image_size: int, text_len: int) -> dict:
+    """A valid random batch in the data layer's format (uint8 frames, [CLS] … [SEP] ids padded with 0,
+    visual tokens of every frame, per-task targets) for tests and benchmarks."""
+    g, b = generator, batch_size
+    options = 3
+    shape = (b, options, text_len) if task == "qa_mc" else (b, text_len)
+    first = max(cfg.pad_token_id, cfg.cls_token_id, cfg.sep_token_id, cfg.mask_token_id) + 1
+    ids = torch.randint(first, cfg.vocab_size, shape, generator=g)
+    mask = torch.ones(shape, dtype=torch.long)
+    pad = max(0, text_len // 4)
+    ids[..., 0], ids[..., text_len - pad - 1] = cfg.cls_token_id, cfg.sep_token_id
+    ids[..., text_len - pad:], mask[..., text_len - pad:] = cfg.pad_token_id, 0
+    grid = image_size // 32
+    batch = {
+        "video_id": [f"v{i}" for i in range(b)],
+        "frames": torch.randint(0, 256, (b, frames, image_size, image_size, 3), dtype=torch.uint8, generator=g),
+        "vq_ids": torch.randint(0, cfg.mvm_vocab, (b, frames, grid, grid), generator=g),
+    }
+    if task != "action":
+        batch.update(text_ids=ids, text_mask=mask)
+    if task == "qa_mc":
+        batch.update(option_mask=torch.ones(b, options, dtype=torch.long),
+                     answer=torch.randint(0, options, (b,), generator=g))
+    elif task == "qa_oe":
+        batch["answer"] = torch.randint(0, cfg.size_vocab, (b,), generator=g)
+    elif task == "action":
+        batch["label"] = torch.randint(0, cfg.num_classes, (b,), generator=g)
+    return batch
