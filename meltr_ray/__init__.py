@@ -12,7 +12,8 @@ from .config import JobConfig
 # Imported on first use (PEP 562): Ray Data decode actors import this package without paying for torch.
 _LAZY = {"MELTR": "core.meltr", "MTLSum": "core.meltr", "FixedWeights": "core.meltr", "LinearWeights": "core.meltr",
          "build_combiner": "core.meltr", "hypergradient": "core.hypergrad", "select_scope": "core.hypergrad",
-         "fit": "core.loop", "local_saver": "core.loop"}
+         "fit": "core.loop", "local_saver": "core.loop", "build_run": "run", "get_spec": "backbones",
+         "register_backbone": "backbones"}
 
 
 def __getattr__(name):
@@ -24,7 +25,7 @@ def __getattr__(name):
 __version__ = "0.1.0"
 
 __all__ = ["MELTR", "MTLSum", "FixedWeights", "LinearWeights", "build_combiner", "hypergradient",
-           "select_scope", "fit", "local_saver", "JobConfig", "tune", "train", "create_backbone", "list_backbones", "__version__"]
+           "select_scope", "fit", "local_saver", "build_run", "get_spec", "register_backbone", "JobConfig", "tune", "train", "create_backbone", "list_backbones", "__version__"]
 
 
 def tune(*args, **kwargs):

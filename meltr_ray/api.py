@@ -78,6 +78,12 @@ def _prepare(cfg: JobConfig, demo: bool, address: str | None, plugins=(), has_fa
     return cfg
 
 
+def _import_plugins(plugins) -> None:
+    from .backbones import import_plugin
+    for module in plugins or ():
+        import_plugin(module)
+
+
 def _runtime(plugins, data_factory) -> dict:
     return {"plugins": list(plugins or []), "data_factory": data_factory}
 
@@ -98,6 +104,7 @@ def tune(backbone: str = "violet", task: str = "retrieval", data: str | None = N
     ``ray.tune.Callback`` objects (a rich live table of trials is added when ``progress``).
     """
     from .spaces import SearchSpace, load_space, space_for
+    _import_plugins(plugins)                   # plugin backbones must be registered before the config resolves
     cfg, demo = job_config(backbone, task, data, pretrained=pretrained, recipe=recipe, overrides=overrides,
                            storage_path=storage_path, epochs=epochs, num_workers=num_workers, use_gpu=use_gpu,
                            data_factory=data_factory)
@@ -128,6 +135,7 @@ def train(backbone: str = "violet", task: str = "retrieval", data: str | None = 
 
     Re-running with the same ``name`` and ``storage_path`` resumes the run from its last checkpoint.
     """
+    _import_plugins(plugins)                   # plugin backbones must be registered before the config resolves
     cfg, demo = job_config(backbone, task, data, pretrained=pretrained, recipe=recipe, overrides=overrides,
                            storage_path=storage_path, epochs=epochs, num_workers=num_workers, use_gpu=use_gpu,
                            data_factory=data_factory)
