@@ -72,6 +72,32 @@ def run_ingest(args: argparse.Namespace) -> int:
     return 0 if report.rows_written else 1
 
 
+# ---- inspect -------------------------------------------------------------------------------------------------
+def _reference(text: str):
+    if text == "observed":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'observed' or a number, got {text!r}") from None
+
+
+def inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint directory (or its state.pt), e.g. the summary's 'checkpoint'")
+    p.add_argument("--out", default="meltr_plots", help="output folder for the PNGs (default meltr_plots)")
+    p.add_argument("--tasks", nargs=2, metavar=("TASK_A", "TASK_B"), help="the two losses of the surface plot")
+    p.add_argument("--reference", type=_reference, default="observed",
+                   help="where the losses not being swept are held: 'observed' (default: each task's mean "
+                        "training loss in the checkpoint's epoch) or one number for all")
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from .plots import inspect_checkpoint
+    for path in inspect_checkpoint(args.checkpoint, args.out, tasks=args.tasks, reference=args.reference):
+        print(path)
+    return 0
+
+
 # ---- entry point -------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meltr-ray", description="MELTR fine-tuning of video models on Ray")
@@ -92,14 +118,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 register("ingest", ingest_arguments, run_ingest, "videos (or features) + annotations → Parquet shards")
+register("inspect", inspect_arguments, run_inspect,
+         "plot what MELTR learned from a checkpoint (supplementary Fig. 1 and Fig. 3)")
 
 # ---- Ray Train / Tune layer (options and runners live in meltr_ray/launch.py) ---------------------------------
 from . import launch as _launch  # noqa: E402  (light: argparse + yaml only)
 
 register("train", _launch.job_arguments, _launch.run_train, "one MELTR fine-tuning run on Ray Train")
 register("tune", _launch.tune_arguments, _launch.run_tune, "search γ, α, β, K and meta_every with Ray Tune")
-register("inspect", _launch.inspect_arguments, _launch.run_inspect,
-         "plot what MELTR learned from a checkpoint (supplementary Fig. 1 and Fig. 3)")
 register("demo", _launch.demo_arguments, _launch.run_demo,
          "the embedded demo: synthetic videos → shards → violet_tiny search on CPU")
 
