@@ -98,6 +98,39 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- dashboard -----------------------------------------------------------------------------------------------
+GRAFANA_STEPS = """With Prometheus and Grafana installed (Ray's metrics guide), on this node:
+  ray metrics launch-prometheus
+  grafana-server --homepath /usr/share/grafana --config {temp}/session_latest/metrics/grafana/grafana.ini web
+then open http://localhost:3000 → Dashboards → Ray → MELTR."""
+
+
+def dashboard_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", nargs="?", help="Tune experiment folder (the run summary's 'experiment')")
+    p.add_argument("--host", default="127.0.0.1", help="interface TensorBoard listens on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="TensorBoard port (default 6006, else a free one)")
+    p.add_argument("--grafana", action="store_true",
+                   help="install the MELTR Grafana dashboard next to Ray's (live metrics of a running cluster)")
+    p.add_argument("--ray-temp-dir", default="/tmp/ray", help="Ray's temp dir on this node (default /tmp/ray)")
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    from . import dashboard
+    if not args.experiment and not args.grafana:
+        raise ValueError("give an experiment folder (TensorBoard of a finished search) and/or --grafana")
+    if args.grafana:
+        print(f"installed the MELTR Grafana dashboard:\n{dashboard.install_grafana_dashboard(args.ray_temp_dir)}")
+        print(GRAFANA_STEPS.format(temp=args.ray_temp_dir))
+    if not args.experiment:
+        return 0
+    port = args.port if args.port is not None else dashboard.free_port()
+    command = dashboard.tensorboard_command(args.experiment, args.host, port)
+    dashboard.require_tensorboard()
+    print(f"TensorBoard of {command[command.index('--logdir') + 1]}\n{dashboard.tensorboard_url(args.host, port)}"
+          "\n(Ctrl-C to stop)", flush=True)
+    return dashboard.serve(command)
+
+
 # ---- entry point -------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meltr-ray", description="MELTR fine-tuning of video models on Ray")
@@ -120,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 register("ingest", ingest_arguments, run_ingest, "videos (or features) + annotations → Parquet shards")
 register("inspect", inspect_arguments, run_inspect,
          "plot what MELTR learned from a checkpoint (supplementary Fig. 1 and Fig. 3)")
+register("dashboard", dashboard_arguments, run_dashboard,
+         "reopen a search's curves (TensorBoard on its experiment folder); --grafana: live MELTR panels")
 
 # ---- Ray Train / Tune layer (options and runners live in meltr_ray/launch.py) ---------------------------------
 from . import launch as _launch  # noqa: E402  (light: argparse + yaml only)
