@@ -62,8 +62,7 @@ def tune_arguments(p: argparse.ArgumentParser, task: str | None = "retrieval") -
 def run_tune(args: argparse.Namespace) -> int:
     from rich.console import Console
     from . import api
-    from .cluster.progress import summary
-    from .cluster.session import dashboard_url
+    from .cluster.progress import print_summary
     if args.restore:
         results = api.restore(args.restore, address=args.address)
     else:
@@ -76,7 +75,7 @@ def run_tune(args: argparse.Namespace) -> int:
     metric = results._experiment_analysis.default_metric
     from .cluster.driver import JOB_KEY, RUNTIME_KEY
     params = [k for k in results[0].config if k not in (JOB_KEY, RUNTIME_KEY)]
-    console.print(summary(results, params, metric, dashboard_url()))
+    print_summary(console, results, params, metric)
     return 0 if not results.errors else 1
 
 
