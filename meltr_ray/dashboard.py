@@ -77,7 +77,8 @@ def free_port(preferred: int = 6006) -> int:
 
 def require_tensorboard() -> None:
     if importlib.util.find_spec("tensorboard") is None:
-        raise ValueError('TensorBoard is not installed: pip install "meltr_ray[dashboard]" (or pip install tensorboard)')
+        raise ValueError('TensorBoard is not installed: pip install "meltr_ray[dashboard]" '
+                         '(or: pip install tensorboard)')
 
 
 def serve(command: list[str]) -> int:
