@@ -8,8 +8,8 @@ way a user's plugin is: it must pass exactly what the built-in families pass.
 Per (variant, task): it builds; ``spec.example_batch`` goes through ``forward`` and gives exactly the spec's
 losses, finite scalars, in MELTR order; ``tasks=[primary]`` gives the primary alone; backward reaches every
 trainable parameter; the hypergradient at the spec's default meta scope is finite and non-zero; one
-``build_run`` bilevel step (meta_every=1) moves MELTR; the trainer's checkpoint and the spec's checkpoint
-filter round-trip; ``evaluate`` gives finite floats.
+``build_run`` bilevel step (meta_every=1) moves MELTR; the trainer's checkpoint round-trips, and so do
+``pretrained=`` and the spec's checkpoint filter on the family's own weights; ``evaluate`` gives finite floats.
 """
 from __future__ import annotations
 
@@ -172,17 +172,22 @@ def assert_same(a, b, where: str = "state") -> None:
         assert a == b, where
 
 
-def test_checkpoint_filter_loads_a_data_parallel_state_dict(case):
-    """The spec's filter maps the family's own weights, saved from a DDP-wrapped model, onto a fresh one."""
+def test_pretrained_and_the_checkpoint_filter_load_the_familys_own_weights(case, tmp_path):
+    """``pretrained=`` a local file of the family's own weights gives them back; so does the spec's checkpoint
+    filter, when it declares one, on the same weights saved from a DDP-wrapped model (``module.`` keys)."""
     name, task = case
     spec, source = get_spec(name), built(*case)
-    assert spec.checkpoint_filter is not None, f"{name}: the spec declares no checkpoint filter"
-    state = {f"module.{k}": v.clone() for k, v in source.state_dict().items()}
-    target = built(*case, seed=1)
-    full, report = spec.checkpoint_filter(state, target, "own weights")
-    target.load_state_dict(full, strict=True)
-    assert_same(target.state_dict(), source.state_dict())
-    assert set(report.loaded) == set(source.state_dict()) and not report.initialised
+    torch.save(source.state_dict(), tmp_path / "weights.pt")
+    torch.manual_seed(1)
+    loaded = create_backbone(name, task=task, pretrained=str(tmp_path / "weights.pt"))
+    assert_same(loaded.state_dict(), source.state_dict())
+    if spec.checkpoint_filter is not None:
+        target = built(*case, seed=1)
+        state = {f"module.{k}": v.clone() for k, v in source.state_dict().items()}
+        full, report = spec.checkpoint_filter(state, target, "own weights")
+        target.load_state_dict(full, strict=True)
+        assert_same(target.state_dict(), source.state_dict())
+        assert set(report.loaded) == set(source.state_dict()) and not report.initialised
 
 
 def test_evaluate_returns_finite_floats_and_keeps_the_mode(case):
