@@ -50,9 +50,11 @@ class TrialData:
 
 
 def import_plugins(modules) -> None:
-    """Import modules that register extra backbones or data sources (they must be importable on workers)."""
-    for name in modules or ():
-        importlib.import_module(name)
+    """Import modules that register extra backbones or data sources (they must be importable on workers);
+    ``ValueError`` names a module that cannot be imported (:func:`meltr_ray.backbones.import_plugin`)."""
+    from ..backbones import import_plugin
+    for name in [modules] if isinstance(modules, str) else modules or ():
+        import_plugin(name)
 
 
 def load_factory(spec: str) -> Callable:
