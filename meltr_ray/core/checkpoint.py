@@ -35,7 +35,17 @@ logger = logging.getLogger(__name__)
 
 
 class DamagedCheckpointError(ValueError):
-    """A checkpoint directory whose files do not match their manifests (or that has none)."""
+    """A checkpoint directory whose files do not match their manifests (or that has none).
+
+    ``problems``: one line per bad file, ``"<path>: <what is wrong>"``.
+    """
+
+    def __init__(self, message: str, problems=()):
+        super().__init__(message)
+        self.problems = list(problems) or [message]
+
+    def __reduce__(self):                      # crosses process boundaries (Ray) with its problems
+        return type(self), (str(self), self.problems)
 
 
 def rng_state() -> dict:
@@ -178,8 +188,7 @@ def _check_file(directory: Path, name: str, entry, manifest: str) -> str | None:
         return f"{path}: {size} bytes, {manifest} says {entry['bytes']} (truncated or overwritten)"
     digest = file_digest(path)
     if digest != entry[DIGEST]:
-        return (f"{path}: {DIGEST} {digest[:16]}… differs from {entry[DIGEST][:16]}… in {manifest} "
-                f"(the content changed: bit rot or a partial overwrite)")
+        return f"{path}: {DIGEST} differs from {manifest}'s (the content changed: bit rot or a partial overwrite)"
     return None
 
 
@@ -218,7 +227,7 @@ def verify_checkpoint(directory: str | os.PathLike, rank: int | None = None) -> 
             if part is not None:
                 _check_writer(directory, part, r, expected, problems)
     if problems:
-        raise DamagedCheckpointError(f"damaged checkpoint {directory}:\n  - " + "\n  - ".join(problems))
+        raise DamagedCheckpointError(f"damaged checkpoint {directory}:\n  - " + "\n  - ".join(problems), problems)
     return main
 
 
