@@ -65,6 +65,17 @@ def test_redone_epochs_never_reuse_a_name_train_still_holds(tmp_path, monkeypatc
     assert [io.dir_name(e) for e in (2, 3, 4)] == ["epoch_002-2", "epoch_003-2", "epoch_004"]
 
 
+def test_keeping_fewer_than_two_checkpoints_is_warned_about(caplog):
+    from meltr_ray.cluster.driver import checkpoint_config
+    from meltr_ray.config import JobConfig
+    assert JobConfig().cluster.checkpoints_to_keep >= 2                 # the default leaves one to fall back to
+    with caplog.at_level(logging.WARNING, logger="meltr_ray.cluster.driver"):
+        assert checkpoint_config(JobConfig()).num_to_keep == 2
+        assert not caplog.text
+        assert checkpoint_config(JobConfig().with_overrides({"cluster.checkpoints_to_keep": 1})).num_to_keep == 1
+    assert "no earlier one to resume from" in caplog.text
+
+
 # ---- real 2-worker runs ---------------------------------------------------------------------------------------
 @pytest.mark.ray
 @pytest.mark.parametrize("how", ["truncate", "bit flip"])
