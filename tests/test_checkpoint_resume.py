@@ -196,6 +196,9 @@ def test_incomplete_or_mixed_checkpoints_are_refused(tmp_path):
     (hostile / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DamagedCheckpointError, match="not a file name inside the checkpoint"):
         verify_checkpoint(hostile)
+    (hostile / "manifest_rank_1.json").write_text(json.dumps({**manifest, "world_size": "2"}))
+    with pytest.raises(DamagedCheckpointError, match="manifest_rank_1.json: not a .* manifest of rank 1"):
+        verify_checkpoint(hostile)
 
 
 def test_unreadable_file_is_named_even_unverified(tmp_path):

@@ -168,8 +168,10 @@ def _read_manifest(directory: Path, rank: int, problems: list, why: str) -> dict
         problems.append(f"{path}: not a readable manifest ({error})")
         return None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT \
-            or not isinstance(manifest.get("files"), dict):
-        problems.append(f"{path}: not a {MANIFEST_FORMAT} manifest")
+            or not isinstance(manifest.get("files"), dict) or manifest.get("rank") != rank \
+            or isinstance(manifest.get("world_size"), bool) or not isinstance(manifest.get("world_size"), int) \
+            or not 0 <= rank < manifest["world_size"]:
+        problems.append(f"{path}: not a {MANIFEST_FORMAT} manifest of rank {rank}")
         return None
     return manifest
 
