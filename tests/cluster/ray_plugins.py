@@ -4,9 +4,10 @@
 :class:`BackboneSpec` (the plugin API: ``register_backbone(name, spec=...)``); ``toy_data`` is a data factory
 serving deterministic in-memory batches; ``featlm_data`` serves the fixture plugin family's example batches
 (``tests/fixtures/plugin_family.py``). Crash simulation (worker killed mid-trial): when the job's
-``backbone.overrides`` hold ``crash_marker`` (a file path) and ``crash_epoch``, rank 0 kills its own process
-with SIGKILL at the start of that training epoch — once: it writes the marker first. ``epoch_log`` (a file
-path) records ``trial epoch`` for every training epoch that starts on rank 0.
+``backbone.overrides`` hold ``crash_marker`` (a file path) and ``crash_epoch``, rank ``crash_rank`` (default 0)
+kills its own process with SIGKILL in that training epoch after ``crash_step`` steps (default 0: at its start)
+— once: it first writes ``"<pid> <steps taken>"`` to the marker. ``epoch_log`` (a file path) records
+``trial epoch`` for every training epoch that starts on rank 0.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from meltr_ray.backbones import BackboneSpec, DataSpec, TaskSpec, get_spec, regi
 from meltr_ray.cluster.worker import TrialData
 from tests.toy_models import ToyMultiTask, toy_batches
 
-CRASH_KEYS = ("crash_marker", "crash_epoch", "epoch_log")
+CRASH_KEYS = ("crash_marker", "crash_epoch", "crash_rank", "crash_step", "epoch_log")
 STEPS_PER_EPOCH = 4
 TOY_LOSSES = ("primary", "helpful", "harmful")
 
@@ -50,20 +51,29 @@ class ToyBatches:
     """``local_batches(split, epoch, rank, world_size)``: a different deterministic set per split/epoch/rank."""
 
     def __init__(self, steps: int = STEPS_PER_EPOCH, crash_marker: str | None = None, crash_epoch: int = -1,
-                 epoch_log: str | None = None, trial: str = ""):
+                 crash_rank: int = 0, crash_step: int = 0, epoch_log: str | None = None, trial: str = ""):
         self.steps, self.crash_marker, self.crash_epoch = steps, crash_marker, crash_epoch
+        self.crash_rank, self.crash_step = crash_rank, crash_step
         self.epoch_log, self.trial = epoch_log, trial
 
     def __call__(self, split: str, epoch: int, rank: int, world_size: int):
         if split == "train" and rank == 0:
             log_epoch(self.epoch_log, self.trial, epoch)
-        if split == "train" and epoch == self.crash_epoch and rank == 0 and self.crash_marker \
-                and not os.path.exists(self.crash_marker):
-            with open(self.crash_marker, "w") as f:
-                f.write(str(os.getpid()))
-            os.kill(os.getpid(), signal.SIGKILL)          # this worker process only
         seed = {"train": 0, "val": 10_000}[split] + 100 * epoch * (split == "train") + rank
-        return toy_batches(self.steps if split == "train" else 2, batch_size=8, seed=seed)
+        batches = toy_batches(self.steps if split == "train" else 2, batch_size=8, seed=seed)
+        if split == "train" and epoch == self.crash_epoch and rank == self.crash_rank and self.crash_marker:
+            return self.killed_after(batches)
+        return batches
+
+    def killed_after(self, batches):
+        """Serve ``crash_step`` batches (the steps this rank takes), then SIGKILL this worker process — unless the
+        marker says it already happened."""
+        for step, batch in enumerate(batches):
+            if step == self.crash_step and not os.path.exists(self.crash_marker):
+                with open(self.crash_marker, "w") as f:
+                    f.write(f"{os.getpid()} {step}")
+                os.kill(os.getpid(), signal.SIGKILL)          # this worker process only
+            yield batch
 
 
 def toy_data(cfg, trial: str) -> TrialData:
