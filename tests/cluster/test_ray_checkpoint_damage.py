@@ -78,7 +78,8 @@ def test_keeping_fewer_than_two_checkpoints_is_warned_about(caplog):
 
 # ---- real 2-worker runs ---------------------------------------------------------------------------------------
 @pytest.mark.ray
-@pytest.mark.parametrize("how", ["truncate", "bit flip"])
+# the bit-flip case (3 more Ray fits) runs with `-m slow`; the unit tests above cover a bit flip without Ray
+@pytest.mark.parametrize("how", ["truncate", pytest.param("bit flip", marks=pytest.mark.slow)])
 def test_damaged_latest_checkpoint_resumes_from_the_previous_epoch(ray_cluster, tmp_path, how):
     kwargs = toy_kwargs(tmp_path, **{"meltr.dropout": 0.2})          # keeps 2 checkpoints
     first = api.train(name="damaged", epochs=3, **kwargs)
@@ -102,6 +103,7 @@ def test_damaged_latest_checkpoint_resumes_from_the_previous_epoch(ray_cluster, 
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_run_fails_naming_every_file_when_no_checkpoint_is_intact(ray_cluster, tmp_path):
     kwargs = toy_kwargs(tmp_path)
     first = api.train(name="all-damaged", epochs=2, **kwargs)
