@@ -34,9 +34,9 @@ SHARD_NAME = re.compile(r"(?P<split>[A-Za-z0-9_][A-Za-z0-9_-]{0,63})-\d{5}\.parq
 OLD_STDERR_LOG = "probe_stderr.log"          # earlier versions copied raw decoder output here; removed on sight
 
 
-def known_splits(extra: Iterable[str] = ()) -> tuple[str, ...]:
+def known_splits(extra: Iterable[str] | str = ()) -> tuple[str, ...]:
     """``train | meta | val | test`` plus the user's declared names (each a safe file-name part)."""
-    extra = tuple(extra)
+    extra = (extra,) if isinstance(extra, str) else tuple(extra)
     for name in extra:
         if not isinstance(name, str) or not SPLIT_NAME.fullmatch(name):
             raise ValueError(f"extra split {name!r} (--extra-split): a split name is 1-64 letters, digits, '_' "

@@ -59,8 +59,11 @@ def _warm_up(kwargs: dict) -> None:
 
 def _clear_output() -> None:
     """Empty the captured stdout/stderr file (both fds share one open file, hence one offset)."""
-    os.ftruncate(2, 0)
-    os.lseek(2, 0, os.SEEK_SET)
+    try:
+        os.ftruncate(2, 0)
+        os.lseek(2, 0, os.SEEK_SET)
+    except OSError:                                    # run by hand on a terminal: nothing to empty
+        pass
 
 
 def serve(conn: Connection) -> None:
