@@ -163,13 +163,18 @@ class _Worker:
         except subprocess.TimeoutExpired:
             return None
 
+    def ask_to_stop(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+
     def close(self, grace_s: float = 0.0) -> None:
-        if grace_s and self.proc.poll() is None:
-            try:
-                self.conn.send(None)
-                self.proc.wait(timeout=grace_s)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
+        """Wait up to ``grace_s`` for the worker to exit (after :meth:`ask_to_stop`), then kill it."""
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=5)
@@ -200,9 +205,14 @@ class ProbePool:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def close(self) -> None:
-        for w in self._workers + [self._spare] * (self._spare is not None):
-            w.close(grace_s=2.0)
+    def close(self, grace_s: float = 2.0) -> None:
+        """Ask every worker to stop, give them ``grace_s`` in all (a busy one finishes its file), kill the rest."""
+        workers = self._workers + [self._spare] * (self._spare is not None)
+        for w in workers:
+            w.ask_to_stop()
+        deadline = time.monotonic() + grace_s
+        for w in workers:
+            w.close(grace_s=max(0.0, deadline - time.monotonic()))
         self._workers, self._spare = [], None
 
     def run(self, tasks: Iterable[tuple[str, str]]) -> Iterator[tuple[str, dict]]:

@@ -22,6 +22,7 @@ def hanging_probe(path: str, **kwargs) -> dict:
     """The real probe, except that files whose name contains ``hang`` never return (like decord #373) and
     files whose name contains ``crash`` kill the probe process with SIGSEGV (like decord #99)."""
     if HANG_MARK in os.path.basename(path):
+        open(path + ".hanging", "w").close()         # lets a test wait until the hang has begun
         time.sleep(3600)
     if NOISY_MARK in os.path.basename(path):          # like decord on bad input: echo the bytes, then die
         with open(path, "rb") as f:

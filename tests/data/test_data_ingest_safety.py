@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -17,7 +19,7 @@ from meltr_ray.data.ingest import ingest
 from meltr_ray.data.probe import ProbePool, ProbePoolError
 from meltr_ray.data.synthetic import make_synthetic_dataset
 
-from probe_hooks import always_crashing_probe
+from probe_hooks import always_crashing_probe, hanging_probe
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SECRET = "SECRET-OUTSIDE-0451"
@@ -190,3 +192,62 @@ def test_workers_that_cannot_start_are_an_error_naming_the_cause(small, monkeypa
 def test_probe_functions_must_be_importable_by_name():
     with pytest.raises(ValueError, match="module-level function"):
         ProbePool(1, 5.0, lambda path, **kw: {"ok": True})
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] == "Z"                     # a zombie has exited
+    except FileNotFoundError:
+        return True
+
+
+def test_closing_the_pool_kills_a_worker_stuck_in_a_decoder(small):
+    tmp_path, videos, _ = small
+    shutil.copy(os.path.join(videos, "clip0000.mp4"), os.path.join(videos, "clip_hang.mp4"))
+    tasks = [(name, os.path.join(videos, name)) for name in ("clip_hang.mp4", "clip0001.mp4")]
+    with ProbePool(2, 600.0, hanging_probe) as pool:
+        results = pool.run(tasks)
+        key, result = next(results)
+        pids = [w.proc.pid for w in pool._workers]
+    assert key == "clip0001.mp4" and result["ok"]
+    assert all(_gone(pid) for pid in pids)
+
+
+KILLED_PARENT = """
+import os, sys, threading, time
+sys.path.insert(0, {tests_data!r})
+from probe_hooks import hanging_probe
+from meltr_ray.data.probe import ProbePool
+pool = ProbePool(1, 600.0, hanging_probe)
+threading.Thread(target=lambda: list(pool.run([("k", {path!r})])), daemon=True).start()
+while not os.path.exists({path!r} + ".hanging"):
+    time.sleep(0.05)
+print(pool._workers[0].proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_ingest_takes_its_hung_workers_with_it(small):
+    """SIGKILL of the ingest process (no cleanup code runs) must not leave a decoder hanging for an hour."""
+    tmp_path, videos, _ = small
+    hang = os.path.join(videos, "clip_hang.mp4")
+    shutil.copy(os.path.join(videos, "clip0000.mp4"), hang)
+    script = KILLED_PARENT.format(tests_data=os.path.dirname(os.path.abspath(__file__)), path=hang)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    parent = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        worker = int(parent.stdout.readline())
+        parent.kill()
+        parent.wait()
+        for _ in range(300):
+            if _gone(worker):
+                break
+            time.sleep(0.1)
+        assert _gone(worker)
+    finally:
+        try:
+            os.killpg(parent.pid, signal.SIGKILL)             # this test's process group (parent + workers)
+        except ProcessLookupError:
+            pass
