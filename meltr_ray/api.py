@@ -78,7 +78,8 @@ def _prepare(cfg: JobConfig, demo: bool, address: str | None, plugins=(), has_fa
         cfg = cfg.with_overrides({"data.path": shards, "data.vocab_path": cfg.data.vocab_path or vocab,
                                   "cluster.max_concurrent_trials": cfg.cluster.max_concurrent_trials or 2})
     if cfg.data.path is not None or not has_factory:
-        preflight.check_data_path(cfg.data.path)
+        needed, optional = (None, None) if has_factory else preflight.job_splits(cfg)
+        preflight.check_data_path(cfg.data.path, needed, optional)
     ensure_ray(address, quiet=quiet)
     return cfg
 
