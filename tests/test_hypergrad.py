@@ -100,9 +100,11 @@ def test_inverse_is_alpha_times_series():
 
 
 def _meltr_problem(seed=0, dropout=0.0):
+    """The official start: these tests compare against the official formula and need every φ to have a
+    mixed path at step one (the MTL start's W_o = 0 gives only W_o a first hypergradient; test_meltr)."""
     torch.manual_seed(seed)
     model = ToyMultiTask(depth=2)
-    meltr = MELTR(3, d_model=16, d_ffn=16, d_scale=8, dropout=dropout)
+    meltr = MELTR(3, d_model=16, d_ffn=16, d_scale=8, dropout=dropout, start="official")
     train, meta = toy_batches(2, seed=seed)
     losses = model(train)
     inner = meltr(torch.stack([losses[t] for t in model.task_names]))
