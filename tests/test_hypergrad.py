@@ -104,7 +104,7 @@ def _meltr_problem(seed=0, dropout=0.0, start="official"):
     have a mixed path at step one (the MTL start's W_o = 0 gives only W_o a first hypergradient; test_meltr)."""
     torch.manual_seed(seed)
     model = ToyMultiTask(depth=2)
-    meltr = MELTR(3, d_model=16, d_ffn=16, d_scale=8, dropout=dropout, start=start)
+    meltr = MELTR.from_preset("meltr_tiny", num_tasks=3, dropout=dropout, start=start)
     train, meta = toy_batches(2, seed=seed)
     losses = model(train)
     inner = meltr(torch.stack([losses[t] for t in model.task_names]))
@@ -179,7 +179,7 @@ def _both_methods(outer_fn, inner_fn, params, phi, seed=7, **kw):
 def _toy_problem(toy_dropout=0.0, meltr_dropout=0.0):
     torch.manual_seed(0)
     model = ToyMultiTask(depth=2, dropout=toy_dropout)
-    meltr = MELTR(3, d_model=16, d_ffn=16, d_scale=8, n_heads=2, dropout=meltr_dropout, start="official")
+    meltr = MELTR.from_preset("meltr_tiny", num_tasks=3, dropout=meltr_dropout, start="official")
     train, meta = toy_batches(2, seed=1)
 
     def inner():
