@@ -14,23 +14,24 @@ detached): the backbone is trained on MELTR's output, so the effective weight of
 combination". Negative losses (UniVL's CMLM/CMFM) go in as they are: the residual adds them like MTL does.
 
 **Why MELTR starts as MTL** (issue 9). With the official initialisation a fresh MELTR gives ∂MELTR/∂ℓ_t of
-±0.01–0.03 with a random sign (35–85 % of seeds have a negative task weight, every preset) and outputs about
-−0.9 where Σℓ ≈ 18, so the backbone *ascends* some losses until enough meta steps turn the sign. The default
+±0.01–0.3 with a random sign (issue 9 measured 35–85 % of seeds with a negative task weight at one loss
+vector, every preset; over losses 10⁻³…10² it is 15–20 of 20 seeds) and outputs about −0.9 where Σℓ ≈ 18, so the backbone *ascends* some losses until enough meta steps turn the sign. The default
 start adds the parameter-free residual Σ_t ℓ_t and zeroes W_o: a new MELTR is exactly MTL (output Σℓ, every
 weight 1, for any loss values and any seed), and the official parameter set and counts are unchanged, so
 official weights still load (with ``start="official"`` to get the official forward too). Meta-training moves
 it away from MTL only as far as the hypergradient asks.
 
-What the zero W_o costs: ∂MELTR/∂ℓ_t = 1 + W_o·∂(mean H)/∂ℓ_t, so the mixed product
-∇_φ⟨∇_w MELTR, p⟩ that the hypergradient is made of has, at W_o = 0, a non-zero component only for W_o
-(−Σ_t ∂(mean H)/∂ℓ_t·⟨∇_w ℓ_t, p⟩); every other parameter enters multiplied by W_o. So the *first* meta step
+What the zero W_o costs: ∂MELTR/∂ℓ_t = 1 + W_o·∂(mean H)/∂ℓ_t, so the hypergradient −∇_φ⟨∇_w MELTR, p⟩
+has, at W_o = 0, a non-zero component only for W_o (−Σ_t ∂(mean H)/∂ℓ_t·⟨∇_w ℓ_t, p⟩); every other parameter
+enters multiplied by W_o. So the *first* meta step
 moves W_o alone (Adam moves every coordinate by ≈ β), and from the second on the whole transformer gets
-gradient — the "zero-initialised last layer" of ReZero/ControlNet. Alternatives considered: a small random
-W_o (every parameter gets gradient at step one, but the output is Σℓ plus a random offset, not within a few
-per cent of Σℓ when the losses are small, and the weights are 1 ± a random few per cent); a warm-start fit of
-the official network to Σℓ (its post-LN output is bounded by ‖W_o‖·√d, so it cannot follow Σℓ over
-10⁻³…10² without a huge W_o, and the fit is seed-dependent); a per-task multiplicative gate (a different
-architecture, parameter counts change). The one-step delay is the cheapest of these costs.
+gradient — the "zero-initialised last layer" of ReZero/ControlNet. Alternatives considered: a random W_o
+with the residual (every parameter gets gradient at step one, but with the official W_o the output is Σℓ
+plus an offset of up to 1.3 and the weights are 1 ± up to 0.29 over losses 10⁻³…10² and 20 seeds — far from
+Σℓ when the losses are small; a W_o scaled down far enough to fix that is the zero start with extra noise);
+a warm-start fit of the official network to Σℓ (its post-LN output is bounded by ‖W_o‖·√d, so it cannot
+follow Σℓ over 10⁻³…10² without a huge W_o, and the fit is seed-dependent); a per-task multiplicative gate (a
+different architecture, parameter counts change). The one-step delay is the cheapest of these costs.
 
 The regulariser γ·|Σ_t ℓ_t − MELTR(ℓ)| (``core/bilevel.regulariser``) reads, with the residual,
 γ·|W_o·mean_t H_t|: the size of MELTR's learned correction to MTL. It is 0 with zero gradient at the start,
