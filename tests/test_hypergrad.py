@@ -223,6 +223,23 @@ def test_finite_difference_replays_dropout(monkeypatch, replay, toy_dropout, mel
     assert (error < 1e-5) if replay else (error > 1.0), error
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_finite_difference_replays_cuda_dropout():
+    """On CUDA the dropout masks come from the device's generator: it is replayed too (not run on CPU CI)."""
+    model, meltr, _, _ = _toy_problem(0.1, 0.1)
+    model, meltr = model.cuda(), meltr.cuda()
+    train, meta = ({k: v.cuda() for k, v in b.items()} for b in toy_batches(2, seed=1))
+
+    def inner():
+        losses = model(train)
+        return meltr(torch.stack([losses[t] for t in model.task_names]))
+
+    exact, fd = _both_methods(lambda: model(meta, tasks=["primary"])["primary"], inner, list(model.parameters()),
+                              list(meltr.parameters()), neumann_steps=2, neumann_lr=0.1, fd_radius=1e-3)
+    assert _relative_error(fd, exact) < 1e-5
+
+
 def test_finite_difference_leaves_the_rng_where_one_evaluation_would():
     model, meltr, inner, outer = _toy_problem(0.1, 0.1)
     torch.manual_seed(3)
