@@ -221,7 +221,8 @@ def test_first_meta_step_moves_w_o_and_the_next_one_the_whole_transformer():
 
 def test_first_inner_step_with_the_default_start_equals_an_mtl_step():
     cfg = JobConfig().with_overrides({"meltr.preset": "meltr_tiny", "optim.backbone_lr": 1e-2,
-                                      "meta.meta_every": 100}).validate()
+                                      "meta.meta_every": 100, "optim.schedule": "constant",
+                                      "train.log_every": 1}).validate()
     batch = toy_batches(1, seed=4)[0]
     after, metrics = {}, {}
     for name in ("mtl", "meltr"):
