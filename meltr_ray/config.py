@@ -48,6 +48,8 @@ HYPERPARAMETERS = (
                    "Neumann-series terms of the inverse-Hessian approximation"),
     Hyperparameter("every", "meta.meta_every", "meta_every", 3, "3 (5 for All-in-one)",
                    "meta step every N inner steps (official auxgrad_every; not K)"),
+    Hyperparameter("α_N", "meta.neumann_lr", "neumann_lr", 3e-5, "= α (3e-5)",
+                   "Neumann step of the inverse-Hessian series (None = α); at α ≈ 3e-5, K only rescales"),
 )
 # Short names accepted in overrides and search spaces -> dotted config paths.
 FIELD_ALIASES = {h.alias: h.path for h in HYPERPARAMETERS}
