@@ -14,6 +14,7 @@ tokenisation ran (1 = PTB). Install Java with ``apt-get install default-jre-head
 """
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import warnings
@@ -57,6 +58,14 @@ def tokenize(captions: dict, use_ptb: bool) -> dict:
     return {k: [simple_tokenize(c) for c in v] for k, v in captions.items()}
 
 
+@functools.lru_cache(maxsize=1)
+def meteor_scorer():
+    """One METEOR scorer (a ``java -jar meteor-1.5.jar`` subprocess, -Xmx2G) per process, started on first use
+    and reused: loading its paraphrase table takes from seconds to a minute, once rather than every epoch."""
+    from pycocoevalcap.meteor.meteor import Meteor
+    return Meteor()
+
+
 def score_tokenized(gts: dict, res: dict, with_meteor: bool) -> dict:
     """The coco-caption scorers on tokenised ``gts`` ({id: [refs]}) and ``res`` ({id: [one caption]})."""
     from pycocoevalcap.bleu.bleu import Bleu
@@ -65,8 +74,7 @@ def score_tokenized(gts: dict, res: dict, with_meteor: bool) -> dict:
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     out = {f"bleu{n + 1}": float(b) for n, b in enumerate(bleu)}
     if with_meteor:
-        from pycocoevalcap.meteor.meteor import Meteor
-        out["meteor"] = float(Meteor().compute_score(gts, res)[0])
+        out["meteor"] = float(meteor_scorer().compute_score(gts, res)[0])
     out["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
     out["cider"] = float(Cider().compute_score(gts, res)[0])
     return out

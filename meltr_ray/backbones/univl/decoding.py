@@ -37,7 +37,7 @@ def greedy_decode(m, memory, memory_mask, max_len: int) -> torch.Tensor:
 def _continue_finished(logp: torch.Tensor, finished: torch.Tensor, pad_id: int) -> torch.Tensor:
     """Finished beams may only append [PAD], at log-probability 0."""
     if bool(finished.any()):
-        pad_only = torch.full_like(logp[0], NEG_INF)
+        pad_only = logp.new_full((logp.shape[-1],), NEG_INF)
         pad_only[pad_id] = 0.0
         logp = torch.where(finished[..., None], pad_only, logp)
     return logp
