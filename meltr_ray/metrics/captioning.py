@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import re
 import shutil
+import subprocess
 import warnings
 
 # coco-caption's PTBTokenizer drops these tokens after tokenising
@@ -92,9 +93,17 @@ def caption_metrics(predictions: dict, references: dict, meteor: bool = True) ->
                       "default-jre-headless`); BLEU/ROUGE-L/CIDEr use a simple lowercase/punctuation "
                       "tokenisation instead of coco-caption's PTB tokenizer", RuntimeWarning, stacklevel=2)
     keys = sorted(predictions, key=str)
-    gts = tokenize({k: [str(r) for r in references[k]] for k in keys}, java)
-    res = tokenize({k: [str(predictions[k])] for k in keys}, java)
+    refs = {k: [str(r) for r in references[k]] for k in keys}
+    hyps = {k: [str(predictions[k])] for k in keys}
+    ptb = java
+    try:
+        gts, res = tokenize(refs, ptb), tokenize(hyps, ptb)
+    except (OSError, subprocess.SubprocessError) as err:       # e.g. a read-only site-packages (temp file)
+        warnings.warn(f"coco-caption's PTB tokenizer failed ({err}); using the simple tokenisation",
+                      RuntimeWarning, stacklevel=2)
+        ptb = False
+        gts, res = tokenize(refs, ptb), tokenize(hyps, ptb)
     out = {name: 100.0 * value for name, value in score_tokenized(gts, res, java and meteor).items()}
     out["meteor_available"] = 1.0 if java and meteor else 0.0
-    out["ptb_tokenizer"] = 1.0 if java else 0.0
+    out["ptb_tokenizer"] = 1.0 if ptb else 0.0
     return out
