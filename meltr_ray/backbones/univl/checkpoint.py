@@ -113,8 +113,8 @@ def filter_univl_state_dict(state: dict, model, source: str = "<state dict>") ->
     model_state = model.state_dict()
     state = strip_prefix(dict(state), "module.", report)
     state = drop_unbuilt(rename_legacy(state, report), model_state, report)
-    retie(state, model_state, report)
     check_shapes(state, model_state)
+    retie(state, model_state, report)
     check_coverage(state, model_state, report)
     report.loaded = [k for k in model_state if k in state]
     return {**model_state, **state}, report
