@@ -30,6 +30,16 @@ def test_every_text_video_pair_is_scored_in_bounded_chunks():
     assert chunked.shape == (5, 4) and torch.allclose(chunked, whole, atol=1e-5)
 
 
+def test_clips_are_told_apart_by_their_shard_row_not_their_video():
+    """YouCook2: two clips of one video are two rows (``sample_id`` "video#clip#item"), two retrieval targets."""
+    b = batch(size=3)
+    b["video_id"] = ["yc0", "yc0", "yc1"]
+    b["sample_id"] = ["yc0#0#0", "yc0#1#0", "yc1#0#0"]
+    with torch.no_grad():
+        videos, _, text, _, gt = _collect_retrieval(tiny("retrieval").eval(), [b])
+    assert videos.shape[0] == 3 and gt.tolist() == [0, 1, 2]
+
+
 def test_retrieval_metrics_do_not_depend_on_the_chunk_size():
     results = [tiny("retrieval", eval_pair_batch=size).evaluate(retrieval_batches()) for size in (1, 7, 1000)]
     assert set(results[0]) == {"r1", "r5", "r10", "medr", "mnr"}

@@ -1,9 +1,9 @@
 """UniVL evaluation over whole splits (reference §3.6, with MnR added and bugs B-U2/B-U3 fixed).
 
-* **Retrieval**: every text and every distinct video (by ``video_id``) is encoded once; every text × video pair
+* **Retrieval**: every text and every distinct clip (shard row, from ``sample_id``) is encoded once; every text × video pair
   is scored by the cross encoder's Align logit, ``eval_pair_batch`` pairs per pass (bounded memory: a 1k × 1k
   test set is 10⁶ pairs in chunks), and ranked → R@1/5/10, MedR, MnR (:mod:`meltr_ray.metrics.retrieval`).
-* **Captioning**: one caption per distinct video (beam search, beam 5, or greedy: ``decoding``), scored
+* **Captioning**: one caption per distinct clip (beam search, beam 5, or greedy: ``decoding``), scored
   against *all* of that video's captions in the split (each a detokenised round trip of its token ids, as the
   official references) by :func:`meltr_ray.metrics.captioning.caption_metrics`. The vocabulary
   (``vocab_path``; a run passes ``data.vocab_path``) turns ids back into words; without one the scores are over
@@ -50,12 +50,17 @@ def _first_rows(vids: list, seen) -> list[int]:
 
 
 def _video_ids(batch: dict, n: int) -> list[str]:
-    ids = batch.get("video_id")
-    if ids is None:
-        raise ValueError("UniVL evaluation needs batch['video_id'] (which clip each sample belongs to)")
-    ids = [str(v) for v in ids]
+    """The clip of each sample: its shard row, ``sample_id`` = ``"{row id}#{item}"`` (a YouCook2 row is one clip
+    of a video, so ``video_id`` alone would merge a video's clips), else ``video_id``."""
+    if batch.get("sample_id") is not None:
+        ids, key = [str(s).rsplit("#", 1)[0] for s in batch["sample_id"]], "sample_id"
+    elif batch.get("video_id") is not None:
+        ids, key = [str(v) for v in batch["video_id"]], "video_id"
+    else:
+        raise ValueError("UniVL evaluation needs batch['sample_id'] or batch['video_id'] (which clip each "
+                         "sample belongs to)")
     if len(ids) != n:
-        raise ValueError(f"batch['video_id'] has {len(ids)} entries for {n} samples")
+        raise ValueError(f"batch[{key!r}] has {len(ids)} entries for {n} samples")
     return ids
 
 
