@@ -78,6 +78,16 @@ def steps_per_epoch_from_shards(cfg: JobConfig) -> int | None:
     return steps_per_epoch_from_meta(cfg, meta)
 
 
+def backbone_overrides(cfg: JobConfig, spec) -> dict:
+    """``backbone.overrides``, plus ``data.vocab_path`` for builders that take a ``vocab_path`` (UniVL
+    detokenises its captions with it) unless the overrides set one."""
+    import inspect
+    overrides = dict(cfg.backbone.overrides or {})
+    if cfg.data.vocab_path and "vocab_path" in inspect.signature(spec.build).parameters:
+        overrides.setdefault("vocab_path", cfg.data.vocab_path)
+    return overrides
+
+
 @dataclass
 class Run:
     """A built run: the backbone, the combiner, the trainer (optimizers, schedulers, buffer) and the spec."""
@@ -116,10 +126,12 @@ def build_run(cfg: JobConfig, device=None, *, steps_per_epoch: int | None = None
     if model is None:
         torch.manual_seed(cfg.train.seed)      # the same seed starts from the same weights (trials, reruns)
         b = cfg.backbone
-        model = create_backbone(b.name, task=b.task, pretrained=b.pretrained, **(b.overrides or {}))
+        model = create_backbone(b.name, task=b.task, pretrained=b.pretrained, **backbone_overrides(cfg, spec))
     model = model.to(device)
-    combiner = build_combiner(cfg.meltr, len(task.losses)).to(device)
+    # a family may choose a subset of its losses or another primary per run (UniVL's losses= / primary=)
+    task_names = list(getattr(model, "task_names", None) or task.losses)
+    combiner = build_combiner(cfg.meltr, len(task_names)).to(device)
     steps = steps_per_epoch or steps_per_epoch_from_shards(cfg)
     trainer = build_trainer(model, combiner, cfg, train_model=train_model, steps_per_epoch=steps, device=device,
-                            task_names=list(task.losses), meta_scope=spec.meta_scope(model))
+                            task_names=task_names, meta_scope=spec.meta_scope(model))
     return Run(cfg=cfg, spec=spec, model=model, combiner=combiner, trainer=trainer)
