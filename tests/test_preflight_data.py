@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from meltr_ray import api
-from meltr_ray.cluster import preflight
+from meltr_ray.cluster import preflight, session
 from meltr_ray.config import JobConfig
 from meltr_ray.data.ingest import ingest
 from meltr_ray.data.synthetic import make_synthetic_dataset
@@ -91,7 +91,6 @@ def test_a_listed_shard_that_is_gone(copy):
 
 def test_a_failed_ingest_is_refused_before_ray_starts(tmp_path, monkeypatch):
     """An ingest that stops after its first shard leaves no dataset.json; train() refuses the folder."""
-    import ray
     ann = make_synthetic_dataset(str(tmp_path / "raw"), num_videos=8, num_frames=8, size=32)
     real_write, calls = ingest_module.write_planned_shard, []
 
@@ -107,9 +106,11 @@ def test_a_failed_ingest_is_refused_before_ray_starts(tmp_path, monkeypatch):
         ingest("jsonl", videos=str(tmp_path / "raw" / "videos"), annotations=ann, out=str(out), workers=1,
                progress=False)
     kwargs = {**toy_kwargs(tmp_path), "data_factory": None, "data": str(out)}
+    started = []
+    monkeypatch.setattr(session, "ensure_ray", lambda *a, **k: started.append(a))   # Ray may be up (test cluster)
     with pytest.raises(ValueError, match=rf"data path '{out}' \(data.path\) holds an unfinished ingest .*{RERUN}"):
         api.train(**kwargs)
-    assert not ray.is_initialized()
+    assert started == []                                   # refused before Ray was asked for
 
 
 def _annotations_v2(root) -> str:

@@ -28,7 +28,8 @@ OBSERVED = {"vtm": {"min": 0.4, "mean": 0.7, "max": 1.1}, "mtm": {"min": 2.0, "m
 
 
 def _state(tasks=TASKS, observed=OBSERVED, with_names: bool = True) -> dict:
-    cfg = JobConfig().with_overrides({**SMALL_MELTR, "train.epochs": 4})
+    # the official start: an untrained MELTR whose weights are ~0.01 (the default start weights every task 1)
+    cfg = JobConfig().with_overrides({**SMALL_MELTR, "train.epochs": 4, "meltr.start": "official"})
     torch.manual_seed(0)
     combiner = build_combiner(cfg.meltr, len(tasks))
     state = {"combiner": combiner.state_dict(), "config": cfg.to_dict(), "epoch": 2, "counters": {"step": 30}}
