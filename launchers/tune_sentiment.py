@@ -2,7 +2,9 @@
 """Tune MELTR for multimodal sentiment analysis on Ray (UniVL on CMU-MOSI feature shards), ranked by binary
 accuracy.
 
-    ray submit --tmux cluster.yaml launchers/tune_sentiment.py -- \\
+UniVL is not registered in this release: until it lands this launcher says so and exits with code 2.
+
+    ray submit --tmux cluster.yaml launchers/tune_sentiment.py -- --address auto \\
         --data s3://BUCKET/cmu_mosi_shards --pretrained /home/ubuntu/univl.pretrained.bin \\
         --storage s3://BUCKET/meltr_results
 """
@@ -11,7 +13,4 @@ import sys
 from meltr_ray.launch import tune_main
 
 if __name__ == "__main__":
-    if "--data" not in sys.argv and "--restore" not in sys.argv:
-        sys.exit("tune_sentiment.py needs --data (shards from `meltr-ray ingest --format cmu-mosi ...`); "
-                 "the embedded demo is launchers/tune_retrieval.py")
-    sys.exit(tune_main("sentiment", description=__doc__.split("\n\n")[0]))
+    sys.exit(tune_main("sentiment", description=__doc__.split("\n\n")[0], needs_data=True))
