@@ -55,3 +55,41 @@ def test_no_test_reads_outside_the_repository():
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("*.py")
                  if p.name != Path(__file__).name and outside.search(p.read_text())]
     assert offenders == []
+
+
+def _readme_section(name: str) -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return text[text.index(f"<!-- section:{name} -->"):text.index(f"<!-- /section:{name} -->")]
+
+
+def _table(section: str) -> list[list[list[str]]]:
+    """Rows of the section's Markdown table (header and rule dropped), each cell a list of `code` items."""
+    lines = [line for line in section.splitlines() if line.startswith("|")][2:]
+    return [[re.findall(r"`([^`]+)`", cell) for cell in line.strip("|").split("|")] for line in lines]
+
+
+def test_readme_backbone_table_is_what_the_registry_builds():
+    """Families and variants as ``list_backbones()`` reports them, in a fresh process (no test plugins), and every
+    task the table names builds on the family's smallest variant; "Coming next" names no registered family."""
+    section = _readme_section("backbones")
+    rows = _table(section)
+    claims = [{"family": family[0], "variants": variants, "tasks": tasks} for family, variants, tasks in rows]
+    code = ("import json, sys, torch, meltr_ray\n"
+            "torch.set_num_threads(1)\n"
+            "claims, built = json.loads(sys.argv[1]), {}\n"
+            "for claim in claims:\n"
+            "    variant = min(claim['variants'], key=lambda n: (not n.endswith('_tiny'), n))\n"
+            "    for task in claim['tasks']:\n"
+            "        try:\n"
+            "            meltr_ray.create_backbone(variant, task=task); built[task] = 'ok'\n"
+            "        except Exception as err:\n"
+            "            built[task] = repr(err)\n"
+            "print(json.dumps({'names': meltr_ray.list_backbones(), 'built': built}))\n")
+    import json
+    out = _run([sys.executable, "-c", code, json.dumps(claims)], cwd=ROOT).stdout.strip().splitlines()[-1]
+    registry = json.loads(out)
+    assert sorted(c["family"] for c in claims) == sorted({n.split("_")[0] for n in registry["names"]})
+    assert sorted(v for c in claims for v in c["variants"]) == sorted(registry["names"])
+    assert registry["built"] and all(v == "ok" for v in registry["built"].values()), registry["built"]
+    (coming,) = [line for line in section.splitlines() if line.startswith("Coming next:")]
+    assert not [c["family"] for c in claims if c["family"].lower() in coming.lower()]
