@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Tune MELTR for video captioning on Ray (UniVL on YouCook2 / MSRVTT feature shards), ranked by CIDEr on val.
 
-    ray submit --tmux cluster.yaml launchers/tune_captioning.py -- \\
+    ray submit --tmux cluster.yaml launchers/tune_captioning.py -- --address auto \\
         --data s3://BUCKET/youcook2_shards --vocab /home/ubuntu/bert-base-uncased-vocab.txt \\
         --pretrained /home/ubuntu/univl.pretrained.bin --storage s3://BUCKET/meltr_results
 Supplementary Table 4 rows: --recipe univl_youcook2_captioning_ori (…_ori_mdecoder, …_ori_all3, …_mtl).
@@ -13,7 +13,4 @@ import sys
 from meltr_ray.launch import tune_main
 
 if __name__ == "__main__":
-    if "--data" not in sys.argv and "--restore" not in sys.argv:
-        sys.exit("tune_captioning.py needs --data (shards from `meltr-ray ingest --format youcook2 ...`); "
-                 "the embedded demo is launchers/tune_retrieval.py")
-    sys.exit(tune_main("captioning", description=__doc__.split("\n\n")[0]))
+    sys.exit(tune_main("captioning", description=__doc__.split("\n\n")[0], needs_data=True))

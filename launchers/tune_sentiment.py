@@ -2,7 +2,7 @@
 """Tune MELTR for multimodal sentiment analysis on Ray (UniVL on CMU-MOSI feature shards), ranked by binary
 accuracy (Acc-2) on val.
 
-    ray submit --tmux cluster.yaml launchers/tune_sentiment.py -- \\
+    ray submit --tmux cluster.yaml launchers/tune_sentiment.py -- --address auto \\
         --data s3://BUCKET/cmu_mosi_shards --vocab /home/ubuntu/bert-base-uncased-vocab.txt \\
         --pretrained /home/ubuntu/univl.pretrained.bin --storage s3://BUCKET/meltr_results
 The sentiment loss is primary; --recipe univl_cmu_mosi_align makes L_Align primary (the supplementary's choice).
@@ -14,7 +14,4 @@ import sys
 from meltr_ray.launch import tune_main
 
 if __name__ == "__main__":
-    if "--data" not in sys.argv and "--restore" not in sys.argv:
-        sys.exit("tune_sentiment.py needs --data (shards from `meltr-ray ingest --format cmu-mosi ...`); "
-                 "the embedded demo is launchers/tune_retrieval.py")
-    sys.exit(tune_main("sentiment", description=__doc__.split("\n\n")[0]))
+    sys.exit(tune_main("sentiment", description=__doc__.split("\n\n")[0], needs_data=True))

@@ -1,12 +1,14 @@
 """meltr_ray: fine-tune video foundation models with MELTR, distributed on Ray.
 
 ``import meltr_ray`` never imports Ray: the core (MELTR, hypergradients, the bilevel loop, backbones, data)
-works without it, and ``meltr_ray.tune`` / ``meltr_ray.train`` import the Ray layer only when called.
+works without it, and ``meltr_ray.tune`` / ``meltr_ray.train`` (re-exported from :mod:`meltr_ray.api`, which
+imports neither Ray nor torch at module level) import the Ray layer only when called.
 """
 from __future__ import annotations
 
 import importlib
 
+from .api import train, tune
 from .config import JobConfig
 
 # Imported on first use (PEP 562): Ray Data decode actors import this package without paying for torch.
@@ -26,18 +28,6 @@ __version__ = "0.1.0"
 
 __all__ = ["MELTR", "MTLSum", "FixedWeights", "LinearWeights", "build_combiner", "hypergradient",
            "select_scope", "fit", "local_saver", "build_run", "get_spec", "register_backbone", "JobConfig", "tune", "train", "create_backbone", "list_backbones", "__version__"]
-
-
-def tune(*args, **kwargs):
-    """Hyperparameter search over γ, α, β, K with Ray Tune (see :func:`meltr_ray.api.tune`)."""
-    from .api import tune as _tune
-    return _tune(*args, **kwargs)
-
-
-def train(*args, **kwargs):
-    """One MELTR fine-tuning run on Ray Train (see :func:`meltr_ray.api.train`)."""
-    from .api import train as _train
-    return _train(*args, **kwargs)
 
 
 def create_backbone(*args, **kwargs):

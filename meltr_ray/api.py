@@ -2,8 +2,9 @@
 
 Both resolve one :class:`~meltr_ray.config.JobConfig` (recipe → arguments → ``overrides``), check it before
 anything starts (unknown backbone or task, no shards, unwritable storage, more GPUs than a node has), make
-sure Ray is up (the cluster this node belongs to, else a private local one) and hand over to the Ray layer,
-which is imported here only inside the functions — ``import meltr_ray`` never imports Ray.
+sure Ray is up (the cluster named by ``address`` or ``RAY_ADDRESS``, else a private local one on 127.0.0.1:
+:func:`meltr_ray.cluster.session.ensure_ray`) and hand over to the Ray layer, which is imported here only
+inside the functions — this module imports neither Ray nor torch, so ``meltr_ray`` re-exports it directly.
 
 With ``data=None`` (and no recipe naming a data path) they run the **embedded demo**: synthetic mp4 clips →
 Parquet shards → ``violet_tiny`` on CPU workers.
@@ -11,9 +12,10 @@ Parquet shards → ``violet_tiny`` on CPU workers.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
-from .config import JobConfig
+from .config import FIELD_ALIASES, JobConfig
 
 DEFAULT_STORAGE = "~/meltr_results"
 
@@ -40,11 +42,35 @@ def job_config(backbone: str = "violet", task: str = "retrieval", data: str | No
         cfg = demo_config() if demo else (_default_recipe(backbone, task) or JobConfig())
         if not demo or backbone != "violet" or task != "retrieval":
             cfg = cfg.with_overrides({"backbone.name": resolve_backbone(backbone, demo), "backbone.task": task})
-    args = {"data.path": data, "backbone.pretrained": pretrained, "cluster.storage_path": storage_path,
-            "train.epochs": epochs, "cluster.num_workers": num_workers, "cluster.use_gpu": use_gpu}
-    cfg = cfg.with_overrides({k: v for k, v in args.items() if v is not None}).with_overrides(overrides)
+    args = argument_settings(data=data, pretrained=pretrained, storage_path=storage_path, epochs=epochs,
+                             num_workers=num_workers, use_gpu=use_gpu)
+    cfg = cfg.with_overrides(args).with_overrides(overrides)
     from .run import resolve_job
     return resolve_job(cfg), demo
+
+
+def argument_settings(*, data=None, pretrained=None, storage_path=None, epochs=None, num_workers=None,
+                      use_gpu=None) -> dict:
+    """The config paths set by the keyword arguments the user gave (``None`` = not given)."""
+    args = {"data.path": data, "backbone.pretrained": pretrained, "cluster.storage_path": storage_path,
+            "train.epochs": epochs, "cluster.num_workers": num_workers, "cluster.use_gpu": use_gpu}
+    return {k: v for k, v in args.items() if v is not None}
+
+
+def fix_searched(search, settings: dict):
+    """``search`` without the hyperparameters the user set explicitly (``overrides`` or an argument such as
+    ``epochs``): an explicit value is kept for every trial, and a one-line notice says so."""
+    explicit = {FIELD_ALIASES.get(k, k): v for k, v in settings.items()}
+    fixed = {name: explicit[FIELD_ALIASES.get(name, name)] for name in search.params
+             if FIELD_ALIASES.get(name, name) in explicit}
+    if not fixed:
+        return search
+    if len(fixed) == len(search.params):
+        raise ValueError(f"overrides fix every searched hyperparameter ({', '.join(fixed)}) of {search.source}: "
+                         f"nothing is left to search; use meltr_ray.train for one run with fixed values")
+    values = ", ".join(f"{name}={value!r}" for name, value in fixed.items())
+    print(f"meltr_ray.tune: {values} fixed by overrides, not searched", file=sys.stderr)
+    return search.without(fixed)
 
 
 def _default_recipe(backbone: str, task: str) -> JobConfig | None:
@@ -97,11 +123,15 @@ def tune(backbone: str = "violet", task: str = "retrieval", data: str | None = N
     """Search γ (reg_weight), α (backbone_lr), β (meltr_lr), K (neumann_steps) and meta_every with Ray Tune.
 
     ``space``: a :class:`~meltr_ray.spaces.SearchSpace`, a YAML path or a name in ``tune_spaces/``; default:
-    the file for the backbone family and task. ``searcher``: ``hyperopt`` (TPE) or ``random`` (smoke runs).
+    the file for the backbone family and task. A hyperparameter set in ``overrides`` (``{"reg_weight": 0.7}``)
+    keeps that value in every trial and leaves the search space (a one-line notice says so). ``searcher``: ``hyperopt`` (TPE) or ``random`` (smoke runs).
     ``plugins`` are modules imported on every worker (extra backbones); ``data_factory``
     (``"module:function"``, ``f(cfg, trial) -> TrialData``) replaces the Parquet pipeline. Returns Ray's
     ``ResultGrid``; the best trial's checkpoint is ``result.metrics["checkpoint_path"]``. ``callbacks``: extra
-    ``ray.tune.Callback`` objects (a rich live table of trials is added when ``progress``).
+    ``ray.tune.Callback`` objects (a rich live table of trials is added when ``progress``). ``address``:
+    ``"auto"`` (the cluster of this node, e.g. a ``ray up`` head) or ``"HOST:PORT"`` to join a cluster; by
+    default ``RAY_ADDRESS`` if exported, else a private local Ray on 127.0.0.1. Each trial's ``config`` holds
+    the searched values only.
     """
     from .spaces import SearchSpace, load_space, space_for
     _import_plugins(plugins)                   # plugin backbones must be registered before the config resolves
@@ -114,6 +144,8 @@ def tune(backbone: str = "violet", task: str = "retrieval", data: str | None = N
         search = load_space(space)
     else:
         search = load_space("demo") if demo else space_for(cfg.backbone.name, cfg.backbone.task)
+    explicit = argument_settings(epochs=epochs, num_workers=num_workers, use_gpu=use_gpu)
+    search = fix_searched(search, {**explicit, **(overrides or {})})
     cfg = _prepare(cfg, demo, address, plugins, has_factory=data_factory is not None, quiet=progress)
     from .cluster.progress import LiveTrialTable
     from .cluster.tuner import run_tune
@@ -133,7 +165,9 @@ def train(backbone: str = "violet", task: str = "retrieval", data: str | None = 
           data_factory: str | None = None, address: str | None = None):
     """One MELTR fine-tuning run on Ray Train; returns its ``ray.train.Result``.
 
-    Re-running with the same ``name`` and ``storage_path`` resumes the run from its last checkpoint.
+    Arguments as for :func:`tune` (``overrides``: ``{"reg_weight": 0.3, "meta.clip_norm": 5}``, dotted config
+    paths or the short aliases). Re-running with the same ``name`` and ``storage_path`` resumes the run from its
+    last checkpoint. ``address``: as for :func:`tune` (default: ``RAY_ADDRESS``, else a private local Ray).
     ``plugins``: modules imported here and on every worker before anything else (extra backbones).
     """
     _import_plugins(plugins)                   # plugin backbones must be registered before the config resolves

@@ -134,6 +134,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "fp32"                # fp32 | bf16 (autocast on GPU)
     log_every: int = 10
+    keep_checkpoints: int = 2              # local_saver: newest epochs kept (plus the best); 0 = keep all
 
 
 @dataclass
@@ -310,6 +311,9 @@ def validate(cfg: JobConfig) -> None:
         raise ValueError("meta.share_forward works with meta.products='exact' and without meta.global_hypergrad")
     if cfg.train.max_steps is not None and (not isinstance(cfg.train.max_steps, int) or cfg.train.max_steps < 1):
         raise ValueError(f"train.max_steps must be an integer >= 1 or None, got {cfg.train.max_steps!r}")
+    if isinstance(cfg.train.keep_checkpoints, bool) or not isinstance(cfg.train.keep_checkpoints, int) \
+            or cfg.train.keep_checkpoints < 0:
+        raise ValueError(f"train.keep_checkpoints must be an integer >= 0, got {cfg.train.keep_checkpoints!r}")
     if cfg.cluster.num_workers < 0:
         raise ValueError(f"cluster.num_workers must be >= 0, got {cfg.cluster.num_workers!r}")
 

@@ -6,6 +6,7 @@ the launchers call :func:`tune_main`. Ray is imported only inside the ``run_*`` 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import yaml
 
@@ -19,6 +20,8 @@ def default_backbone(task: str | None) -> str | None:
     families = families_for_task(task or "retrieval")
     preferred = PREFERRED_FAMILY.get(task or "", "violet")
     return preferred if preferred in families else (families[0] if families else PREFERRED_FAMILY.get(task))
+ADDRESS_HELP = ("Ray cluster to join: 'auto' (the cluster this node belongs to, e.g. on a `ray up` head) or "
+                "HOST:PORT; default: RAY_ADDRESS if exported, else a private local Ray on 127.0.0.1")
 
 
 def _override(text: str) -> tuple[str, object]:
@@ -44,7 +47,7 @@ def job_arguments(p: argparse.ArgumentParser, task: str | None = "retrieval") ->
     p.add_argument("--name", help="experiment / run name (re-use it to resume a train run)")
     p.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set meta.clip_norm=5 --set train.batch_size=16")
-    p.add_argument("--address", help="Ray address (default: this node's cluster, else a local one)")
+    p.add_argument("--address", help=ADDRESS_HELP)
     p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
                    help="module that registers extra backbones, imported here and on every worker "
                         "(repeatable), e.g. --plugin my_pkg.my_family --backbone my_tiny")
@@ -70,22 +73,31 @@ def tune_arguments(p: argparse.ArgumentParser, task: str | None = "retrieval") -
     p.add_argument("--no-progress", action="store_true", help="Tune's own output instead of the live table")
 
 
+def ray_start_failed(command: str, err: Exception) -> int:
+    """A Ray start or join that failed: its one paragraph on stderr instead of a traceback; exit code 1."""
+    print(f"{command}: {err}", file=sys.stderr)
+    return 1
+
+
 def run_tune(args: argparse.Namespace) -> int:
     from rich.console import Console
     from . import api
     from .cluster.progress import print_summary
-    if args.restore:
-        results = api.restore(args.restore, address=args.address)
-    else:
-        results = api.tune(space=args.space, num_samples=args.num_samples, searcher=args.searcher, seed=args.seed,
-                           progress=not args.no_progress, **_job_kwargs(args))
+    from .cluster.session import RayStartError
+    try:
+        if args.restore:
+            results = api.restore(args.restore, address=args.address)
+        else:
+            results = api.tune(space=args.space, num_samples=args.num_samples, searcher=args.searcher,
+                               seed=args.seed, progress=not args.no_progress, **_job_kwargs(args))
+    except RayStartError as err:
+        return ray_start_failed("tune", err)
     console = Console()
     for result in results:
         if result.error:
             console.print(f"[red]trial {result.path} failed:[/red] {result.error}")
     metric = results._experiment_analysis.default_metric
-    from .cluster.driver import JOB_KEY, RUNTIME_KEY
-    params = [k for k in results[0].config if k not in (JOB_KEY, RUNTIME_KEY)]
+    params = list(results[0].config)                   # a trial's config is the searched values only
     print_summary(console, results, params, metric)
     return 0 if not results.errors else 1
 
@@ -93,24 +105,85 @@ def run_tune(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from rich.console import Console
     from . import api
-    result = api.train(**_job_kwargs(args))
+    from .cluster.session import RayStartError
+    try:
+        result = api.train(**_job_kwargs(args))
+    except RayStartError as err:
+        return ray_start_failed("train", err)
     Console().print({k: v for k, v in (result.metrics or {}).items() if not k.startswith("config")})
     Console().print(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}")
     return 0 if result.error is None else 1
 
 
-def tune_main(task: str, argv=None, description: str | None = None) -> int:
-    """Entry point of ``launchers/tune_<task>.py``."""
+def registered_families() -> list[str]:
+    """Backbone families the registry builds in this installation (``violet`` for ``violet_base``…)."""
+    from .backbones import list_families
+    return list_families()
+
+
+def unregistered_backbone(backbone: str) -> str | None:
+    """One line saying that ``backbone``'s family is not in this release, or ``None`` when it is."""
+    from .backbones import get_spec, resolve_name
+    families = registered_families()
+    try:
+        get_spec(resolve_name(backbone))
+        return None
+    except ValueError:
+        pass
+    return (f"backbone {backbone!r} is not available in this release (registered families: "
+            f"{', '.join(families)}); pass --backbone with one of them")
+
+
+def tune_main(task: str, argv=None, description: str | None = None, needs_data: bool = False) -> int:
+    """Entry point of ``launchers/tune_<task>.py``. A default backbone that is not registered yet ends here
+    with one line and exit code 2; so does ``needs_data`` without ``--data`` (or ``--restore``)."""
     parser = argparse.ArgumentParser(description=description)
     tune_arguments(parser, task)
-    return run_tune(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    problem = None if args.restore else unregistered_backbone(args.backbone)
+    if problem is None and needs_data and not (args.data or args.restore):
+        problem = (f"--data is required (Parquet shards from `meltr-ray ingest`); the embedded demo is "
+                   f"launchers/tune_retrieval.py")
+    if problem is not None:
+        print(f"{parser.prog}: error: {problem}", file=sys.stderr)
+        return 2
+    return run_tune(args)
+
+
+DEMO_FIXED = {"--data": "the demo makes its own synthetic videos; use `meltr-ray tune --data DIR`",
+              "--backbone": "the demo fine-tunes violet_tiny; use `meltr-ray tune --backbone NAME`",
+              "--task": "the demo is text-to-video retrieval; use `meltr-ray tune --task NAME`",
+              "--recipe": "the demo runs the violet_demo recipe; use `meltr-ray tune --recipe NAME`",
+              "--pretrained": "the demo's violet_tiny starts from random weights",
+              "--vocab": "the demo trains its own WordPiece vocabulary",
+              "--space": "the demo searches tune_spaces/demo.yaml; use `meltr-ray tune --space`"}
+
+
+class _NotForDemo(argparse.Action):
+    """An option ``meltr-ray demo`` does not use: an error (exit code 2) that says why, never ignored."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is not used by the demo: {DEMO_FIXED[option_string]}")
 
 
 def demo_arguments(p: argparse.ArgumentParser) -> None:
-    tune_arguments(p, "retrieval")
+    """The options the demo uses: how many trials, how long, where results go, which Ray."""
+    p.add_argument("--num-samples", type=int, help="number of trials (default: tune_spaces/demo.yaml's)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--searcher", choices=["hyperopt", "random"], help="hyperopt = TPE (default), random = smoke")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--storage", help="results folder (default ~/meltr_results)")
+    p.add_argument("--name", help="experiment name")
+    p.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set train.batch_size=4")
+    p.add_argument("--address", help=ADDRESS_HELP)
+    p.add_argument("--no-progress", action="store_true", help="Tune's own output instead of the live table")
+    for option in DEMO_FIXED:
+        p.add_argument(option, action=_NotForDemo, help=argparse.SUPPRESS)
+    p.set_defaults(backbone="violet", task="retrieval", data=None, vocab=None, pretrained=None, recipe=None,
+                   num_workers=None, cpu=False, space=None, restore=None)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     """The embedded demo: ``tune`` with no data (synthetic mp4s → shards → violet_tiny, CPU workers)."""
-    args.data = None
     return run_tune(args)

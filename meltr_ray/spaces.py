@@ -1,4 +1,7 @@
-"""Search-space files (``tune_spaces/*.yaml``): load, validate, find the one for a backbone and task.
+"""Search-space files (``meltr_ray/tune_spaces/*.yaml``): load, validate, find the one for a backbone and task.
+
+The shipped files are package data, found through :mod:`importlib.resources`, so a plain wheel
+(``pip install .``, a cluster image) carries them; the repository's top-level ``tune_spaces`` links there.
 
 A space file says only what is searched and how results are ranked; everything else comes from the recipe.
 The format (``tune_spaces/README.md``)::
@@ -21,15 +24,17 @@ not import Ray: :mod:`meltr_ray.cluster.search` turns a validated :class:`Search
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from .config import FIELD_ALIASES, HYPERPARAMETERS, JobConfig
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "tune_spaces"
+SPACES_PACKAGE, SPACES_FOLDER = "meltr_ray", "tune_spaces"
 
 TOP_KEYS = {"description", "metric", "mode", "searcher", "num_samples", "scheduler", "params"}
 SEARCHERS = {"hyperopt", "random"}
@@ -68,6 +73,21 @@ class SearchSpace:
         if spec["distribution"] == "choice":
             return value in spec["values"]
         return spec["low"] <= value <= spec["high"]
+
+    def without(self, names) -> "SearchSpace":
+        """A copy that no longer searches ``names`` (parameter names as written in the space)."""
+        return dataclasses.replace(self, params={k: v for k, v in self.params.items() if k not in set(names)})
+
+
+def shipped_spaces():
+    """The folder of shipped space files (an :mod:`importlib.resources` traversable: a wheel, a zip, a checkout)."""
+    return resources.files(SPACES_PACKAGE).joinpath(SPACES_FOLDER)
+
+
+def _shipped(name: str):
+    """The shipped file ``<name>.yaml``, or ``None``."""
+    entry = shipped_spaces().joinpath(f"{name}.yaml")
+    return entry if entry.is_file() else None
 
 
 def _fail(source: str, key: str, message: str):
@@ -183,24 +203,22 @@ def parse_space(data, source: str = "<dict>") -> SearchSpace:
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
-    """Load a space from a YAML path, or by name from ``tune_spaces/`` (``"default"``, ``"violet_retrieval"``)."""
+    """Load a space from a YAML path, or by name from the shipped ones (``"default"``, ``"violet_retrieval"``)."""
     path = Path(name_or_path)
-    if not path.exists():
-        path = SPACES_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
-        raise SpaceError(f"search space {name_or_path!r}: no such file, and no tune_spaces/{name_or_path}.yaml "
-                         f"(available: {list_spaces()})")
-    with open(path) as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as err:
-            raise SpaceError(f"search space {path}: not valid YAML: {err}") from None
-    return parse_space(data, source=str(path))
+    source = path if path.is_file() else _shipped(str(name_or_path))
+    if source is None:
+        raise SpaceError(f"search space {name_or_path!r}: no such file, and no shipped tune_spaces/"
+                         f"{name_or_path}.yaml (available: {list_spaces()})")
+    try:
+        data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise SpaceError(f"search space {source}: not valid YAML: {err}") from None
+    return parse_space(data, source=str(source))
 
 
 def list_spaces() -> list[str]:
-    """Names of the space files shipped in ``tune_spaces/``."""
-    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+    """Names of the shipped space files (``meltr_ray/tune_spaces/*.yaml``)."""
+    return sorted(e.name[:-len(".yaml")] for e in shipped_spaces().iterdir() if e.name.endswith(".yaml"))
 
 
 def space_for(backbone: str, task: str) -> SearchSpace:
@@ -208,7 +226,7 @@ def space_for(backbone: str, task: str) -> SearchSpace:
     family = backbone.split("_")[0]
     # qa_mc / qa_oe share the family's QA space (violet_qa.yaml)
     for name in (f"{family}_{task}", f"{family}_{task.split('_')[0]}", "default"):
-        if (SPACES_DIR / f"{name}.yaml").exists():
+        if _shipped(name) is not None:
             return load_space(name)
     raise SpaceError(f"no search space for {family}/{task} and no tune_spaces/default.yaml")
 

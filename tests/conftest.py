@@ -1,6 +1,7 @@
 """Shared fixtures. ``ray_cluster``: one local Ray cluster for the whole session (tests marked ``ray``).
 
-The cluster avoids every trap listed in the Ray 2.60 notes (§6–7): it never joins another cluster on the
+The cluster avoids every trap listed in the Ray 2.60 notes (§6–7): it binds to loopback only (node IP
+127.0.0.1, ``meltr_ray.cluster.session.loopback_node``), never joins another cluster on the
 host (``address="local"`` and its own GCS port exported through ``RAY_GCS_SERVER_PORT`` / ``RAY_ADDRESS`` so
 Train's placement-group cleaner finds *this* cluster), oversubscribes logical CPUs (``num_cpus=4`` on a 2-core
 box leaves room for Ray Data's 1-CPU ``ListFiles`` task), offers ``train_driver`` resources for 0-CPU Tune
@@ -27,7 +28,7 @@ RAY_ENV = {
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30",
     "RAY_DATA_PARQUET_BIN_PACKING_BYTES": str(64 << 10),     # small test shards → several read blocks
     "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",                  # keep the node IP on 127.0.0.1
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",    # node IP 127.0.0.1, also for subprocesses that join the cluster
 }
 
 
@@ -44,15 +45,18 @@ def ray_cluster():
     """A local Ray cluster (num_cpus=4, resources={"train_driver": 4}, dashboard on) for the whole session."""
     import ray
 
+    from meltr_ray.cluster.session import LOOPBACK, loopback_node
+
     port = _free_port()
     env = dict(RAY_ENV, RAY_GCS_SERVER_PORT=str(port))
     old = {k: os.environ.get(k) for k in (*env, "RAY_ADDRESS")}
     os.environ.update(env)
-    os.environ["RAY_ADDRESS"] = f"{ray._private.services.get_node_ip_address()}:{port}"
+    os.environ["RAY_ADDRESS"] = f"{LOOPBACK}:{port}"
     try:
-        ctx = ray.init(address="local", num_cpus=4, resources={"train_driver": 4}, include_dashboard=True,
-                       dashboard_host="127.0.0.1", dashboard_port=0, object_store_memory=512 << 20,
-                       logging_level="WARNING")
+        with loopback_node():
+            ctx = ray.init(address="local", num_cpus=4, resources={"train_driver": 4}, include_dashboard=True,
+                           dashboard_host=LOOPBACK, dashboard_port=0, object_store_memory=512 << 20,
+                           logging_level="WARNING")
         import ray.data
         ray.data.DataContext.get_current().enable_progress_bars = False
         ray.data.DataContext.get_current().print_on_execution_start = False

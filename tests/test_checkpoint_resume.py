@@ -46,7 +46,7 @@ def full_state(model, meltr):
 def test_resume_is_bit_identical(tmp_path):
     cfg, model, meltr = fresh(0)
     reports = []
-    fit(model, meltr, cfg, batches, save=local_saver(tmp_path / "full"),
+    fit(model, meltr, cfg, batches, save=local_saver(tmp_path / "full", keep=0),       # every epoch kept
         report=lambda m, h: reports.append(m))
     reference = full_state(model, meltr)
     reference_opt = load_checkpoint(tmp_path / "full" / f"epoch_{EPOCHS - 1:03d}")

@@ -8,7 +8,8 @@
 * ``monitor.py`` ``ray.util.metrics`` gauges and counters for the dashboard
 * ``preflight.py`` checks that fail fast before any trial starts (backbone/task, shards, storage, resources)
 * ``progress.py`` the rich live table of trials and the best-trial summary
-* ``session.py`` connect to this node's cluster or start a private local one that avoids the known traps
+* ``session.py`` join the cluster the user names, else start a private local one on 127.0.0.1 that avoids the
+  known traps; start-up failures as one paragraph
 
 Nothing here is imported by ``import meltr_ray``; :mod:`meltr_ray.api` imports it inside its functions.
 """

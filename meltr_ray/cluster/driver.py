@@ -6,12 +6,12 @@ driver, ~0 CPU) that builds and ``fit()``s the trainer (reference ray_2_60_notes
 snapshot in storage and resumes from its last checkpoint. ``TuneReportCallback`` forwards rank 0's metrics
 (and ``checkpoint_path``) to Tune, where ASHA reads the ``epoch`` the workers report.
 
-Config that crosses Tune travels as JSON strings (``meltr_job``, ``meltr_runtime``) beside the searched
-hyperparameters, so any searcher sees only the search space and results stay readable.
+A trial's Tune config holds only the searched hyperparameters (what ``ResultGrid`` shows and what names
+nothing but short trial folders); the base job and the runtime (plugins, data factory, Train storage) reach
+:func:`trial_driver` through ``tune.with_parameters`` (:func:`meltr_ray.cluster.tuner.trainable`).
 """
 from __future__ import annotations
 
-import json
 import logging
 
 import ray.train
@@ -24,7 +24,6 @@ from .data import CollateSamples
 from .monitor import SkippedRowsHook
 from .worker import TrialData, import_plugins, load_factory, train_loop_per_worker
 
-JOB_KEY, RUNTIME_KEY = "meltr_job", "meltr_runtime"
 logger = logging.getLogger(__name__)
 
 
@@ -135,18 +134,17 @@ def build_torch_trainer(cfg: JobConfig, runtime: dict, *, name: str, storage_pat
         datasets=data.datasets or None, dataset_config=dataset_config)
 
 
-def trial_job_config(config: dict) -> JobConfig:
-    """The JobConfig of one trial: the base job with the sampled hyperparameters applied."""
-    base = JobConfig.from_dict(json.loads(config[JOB_KEY]))
-    sampled = {k: v for k, v in config.items() if k not in (JOB_KEY, RUNTIME_KEY)}
-    return base.with_overrides(sampled).validate()
+def trial_job_config(config: dict, job: dict) -> JobConfig:
+    """The JobConfig of one trial: the base ``job`` (a JobConfig dict) with the sampled ``config`` applied."""
+    return JobConfig.from_dict(job).with_overrides(config).validate()
 
 
-def trial_driver(config: dict) -> None:
-    """The Tune function trainable: build and fit this trial's TorchTrainer (it resumes by name)."""
+def trial_driver(config: dict, job: dict, runtime: dict) -> None:
+    """The Tune function trainable: build and fit this trial's TorchTrainer (it resumes by name).
+
+    ``config``: the sampled hyperparameters only; ``job``/``runtime`` come from ``tune.with_parameters``."""
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg = trial_job_config(config)
-    runtime = json.loads(config[RUNTIME_KEY])
+    cfg = trial_job_config(config, job)
     trainer = build_torch_trainer(cfg, runtime, name=f"train-{trial_id}", storage_path=runtime["storage_path"],
                                   trial=trial_id, callbacks=[TuneReportCallback()])
     trainer.fit()

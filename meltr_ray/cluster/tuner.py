@@ -8,21 +8,29 @@ Levels of failure handling:
   re-run; its TorchTrainer (same name) resumes from its snapshot;
 * **the experiment**: a dead ``tuner.fit()`` process is resumed with :func:`restore`; finished trials keep their
   results, unfinished ones re-run and resume.
+
+A trial's Tune config is the searched hyperparameters and nothing else (``grid.get_best_result().config`` is
+``{"reg_weight": …, "backbone_lr": …}``); the base job and the runtime are bound to the trainable with
+``tune.with_parameters`` and also written to ``<experiment>/meltr_run.json``, from which :func:`restore`
+rebuilds the same trainable. Trial folders are named ``trial_<id>`` (Tune's default embeds the config).
 """
 from __future__ import annotations
 
 import json
+import os
 
+import pyarrow.fs
 import ray
 from ray import tune
 
 from ..config import JobConfig
 from ..spaces import SearchSpace
-from .driver import JOB_KEY, RUNTIME_KEY, trial_driver, worker_resources
+from .driver import trial_driver, worker_resources
 from .preflight import check_resources, concurrent_trials, node_capacities, warn_if_storage_not_shared
 from .search import make_scheduler, make_searcher, param_space
 
 DRIVER_RESOURCE = "train_driver"
+RUN_FILE = "meltr_run.json"
 
 
 def driver_resources() -> dict:
@@ -33,19 +41,46 @@ def driver_resources() -> dict:
     return {"CPU": 0.01}
 
 
-def trainable():
-    """The Tune trainable; :func:`restore` must pass this same wrapped function."""
-    return tune.with_resources(trial_driver, driver_resources())
+def trainable(job: dict, runtime: dict):
+    """The Tune trainable: :func:`trial_driver` with the base ``job`` (JobConfig dict) and ``runtime`` bound,
+    holding :func:`driver_resources`; :func:`restore` rebuilds the same one from ``meltr_run.json``."""
+    return tune.with_resources(tune.with_parameters(trial_driver, job=job, runtime=runtime), driver_resources())
+
+
+def trial_dirname(trial) -> str:
+    """``trial_<id>``: short and unique (Tune's default name embeds every config value)."""
+    return f"trial_{trial.trial_id}"
+
+
+def _filesystem(path: str):
+    """(pyarrow filesystem, path inside it) for a local folder or a URI such as ``s3://bucket/prefix``."""
+    if "://" not in path:
+        return pyarrow.fs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    return pyarrow.fs.FileSystem.from_uri(path)
+
+
+def save_run(experiment: str, job: dict, runtime: dict) -> None:
+    """Write ``{"job", "runtime"}`` to ``<experiment>/meltr_run.json`` (local folder or URI)."""
+    fs, root = _filesystem(experiment)
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(f"{root}/{RUN_FILE}") as f:
+        f.write(json.dumps({"job": job, "runtime": runtime}, indent=1).encode())
+
+
+def load_run(experiment: str) -> tuple[dict, dict]:
+    """``(job, runtime)`` saved by :func:`save_run` for the experiment at ``experiment``."""
+    fs, root = _filesystem(experiment)
+    try:
+        with fs.open_input_stream(f"{root}/{RUN_FILE}") as f:
+            run = json.loads(f.read().decode())
+    except FileNotFoundError:
+        raise ValueError(f"{experiment!r} has no {RUN_FILE}: not an experiment started by meltr_ray.tune") from None
+    return run["job"], run["runtime"]
 
 
 def train_storage(storage_path: str, name: str) -> str:
     """Where the trials' Train runs (``train-<trial_id>``) keep their checkpoints: beside the experiment."""
     return f"{storage_path.rstrip('/')}/{name}__train_runs"
-
-
-def full_param_space(space: SearchSpace, cfg: JobConfig, runtime: dict) -> dict:
-    """Searched hyperparameters plus the base job and runtime as JSON constants."""
-    return {**param_space(space), JOB_KEY: json.dumps(cfg.to_dict()), RUNTIME_KEY: json.dumps(runtime)}
 
 
 def plan_concurrency(cfg: JobConfig, num_samples: int) -> int:
@@ -64,12 +99,14 @@ def run_tune(cfg: JobConfig, space: SearchSpace, *, name: str, storage_path: str
     num_samples = num_samples or space.num_samples
     max_concurrent = plan_concurrency(cfg, num_samples)
     runtime = {**(runtime or {}), "storage_path": train_storage(storage_path, name)}
+    save_run(f"{storage_path.rstrip('/')}/{name}", cfg.to_dict(), runtime)
     tuner = tune.Tuner(
-        trainable(),
-        param_space=full_param_space(space, cfg, runtime),
+        trainable(cfg.to_dict(), runtime),
+        param_space=param_space(space),
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, num_samples=num_samples, max_concurrent_trials=max_concurrent,
-            search_alg=make_searcher(space, searcher, seed=seed, max_concurrent=max_concurrent), scheduler=make_scheduler(space, cfg.train.epochs)),
+            search_alg=make_searcher(space, searcher, seed=seed, max_concurrent=max_concurrent),
+            scheduler=make_scheduler(space, cfg.train.epochs), trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=list(callbacks), verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=cfg.cluster.trial_max_failures)))
@@ -81,5 +118,7 @@ def restore(path: str) -> tune.ResultGrid:
     errored ones re-run and their Train runs resume from their last checkpoints."""
     if not tune.Tuner.can_restore(path):
         raise ValueError(f"no restorable Tune experiment at {path!r}")
-    tuner = tune.Tuner.restore(path, trainable=trainable(), resume_unfinished=True, resume_errored=True)
+    job, runtime = load_run(path)
+    tuner = tune.Tuner.restore(path, trainable=trainable(job, runtime), resume_unfinished=True,
+                               resume_errored=True)
     return tuner.fit()

@@ -14,6 +14,8 @@ stopped-and-resumed run ends bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import random
+import shutil
+from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
@@ -77,13 +79,76 @@ def build_trainer(model, combiner, cfg, *, train_model=None, steps_per_epoch: in
                           meta_scope=meta_scope)
 
 
-def local_saver(directory) -> Callable:
-    """A ``save`` callable writing ``directory/epoch_NNN/state.pt`` (rank 0 only)."""
-    def save(state: dict, epoch: int):
+class LocalSaver:
+    """``save`` for :func:`fit` that writes ``directory/epoch_NNN/state.pt`` and prunes old epochs (see
+    :func:`local_saver`). Only folders this saver wrote are ever deleted."""
+
+    def __init__(self, directory, keep: int | None, best_metric: str | None, mode: str, report: Callable | None):
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0):
+            raise ValueError(f"keep must be an integer >= 0 (0 = keep every epoch), got {keep!r}")
+        self.directory, self.keep, self.best_metric, self.mode = Path(directory), keep, best_metric, mode
+        self.forward_report = report
+        self.written: list[Path] = []                  # epoch folders in the order they were written
+        self.best: Path | None = None                  # folder of the best epoch by best_metric so far
+        self.best_score: float | None = None
+        self.limit = keep
+
+    def __call__(self, state: dict, epoch: int):
         if dist_utils.rank() != 0:
             return None
-        return save_checkpoint(state, f"{directory}/epoch_{epoch:03d}")
-    return save
+        handle = save_checkpoint(state, self.directory / f"epoch_{epoch:03d}")
+        if handle.parent in self.written:
+            self.written.remove(handle.parent)
+        self.written.append(handle.parent)
+        if self.keep is None:                          # the run's train.keep_checkpoints
+            self.limit = int((state.get("config") or {}).get("train", {}).get("keep_checkpoints", 2))
+        self._prune()
+        return handle
+
+    def report(self, metrics: dict, handle) -> None:
+        """``report`` for :func:`fit`: records ``best_metric`` of the epoch just saved, then forwards."""
+        if self.best_metric is not None and handle is not None:
+            self._score(metrics, Path(handle).parent)
+            self._prune()
+        if self.forward_report is not None:
+            self.forward_report(metrics, handle)
+
+    def _score(self, metrics: dict, folder: Path) -> None:
+        value = metrics.get(self.best_metric)
+        if value is None:
+            if any(key.startswith("val_") for key in metrics):   # evaluated, yet no such metric: a typo
+                raise ValueError(f"best_metric {self.best_metric!r} is not among the epoch's metrics "
+                                 f"{sorted(metrics)}")
+            return                                               # an epoch without evaluation
+        value = float(value)
+        if not np.isfinite(value):
+            return
+        if self.best_score is None or (value > self.best_score if self.mode == "max" else value < self.best_score):
+            self.best, self.best_score = folder, value
+
+    def _prune(self) -> None:
+        if not self.limit:
+            return
+        kept = set(self.written[-self.limit:]) | ({self.best} if self.best is not None else set())
+        for folder in [f for f in self.written if f not in kept]:
+            shutil.rmtree(folder, ignore_errors=True)
+            self.written.remove(folder)
+
+
+def local_saver(directory, keep: int | None = None, best_metric: str | None = None, mode: str = "max",
+                report: Callable | None = None) -> LocalSaver:
+    """A ``save`` callable for :func:`fit` writing ``directory/epoch_NNN/state.pt`` (rank 0 only) that keeps
+    the newest ``keep`` epochs — default the run's ``train.keep_checkpoints`` (2); ``0`` keeps every epoch —
+    plus the best epoch by ``best_metric`` (e.g. ``"val_r1"``, ``mode="max"``; ``"val_loss"``, ``"min"``).
+
+    The best needs each epoch's metrics, which :func:`fit` hands to ``report``; so with ``best_metric`` pass
+    ``saver.report`` as ``fit(report=...)`` (it calls your own ``report`` after). ``saver.best`` is then the
+    best epoch's folder. Epochs without evaluation are not ranked; an evaluated epoch lacking ``best_metric``
+    is a ``ValueError``. Only folders this saver wrote are deleted.
+    """
+    return LocalSaver(directory, keep, best_metric, mode, report)
 
 
 class _EpochMeter:

@@ -24,3 +24,15 @@ def toy_kwargs(tmp_path, **extra) -> dict:
     """Keyword arguments of ``meltr_ray.train/tune`` for the toy job."""
     return dict(backbone="toy_ray", task="toy", plugins=PLUGINS, data_factory=TOY_FACTORY,
                 storage_path=str(tmp_path / "results"), overrides=toy_overrides(**extra))
+
+
+def toy_tune_kwargs(tmp_path, space=None, **extra) -> dict:
+    """:func:`toy_kwargs` for ``tune``: the toy settings of the hyperparameters ``space`` searches (default: the
+    shipped ``default.yaml``) are left out, since an override fixes a searched value; ``extra`` stays."""
+    from meltr_ray.config import FIELD_ALIASES
+    from meltr_ray.spaces import load_space
+    searched = {FIELD_ALIASES.get(n, n) for n in (space or load_space("default")).params}
+    kwargs = toy_kwargs(tmp_path, **extra)
+    kwargs["overrides"] = {k: v for k, v in kwargs["overrides"].items()
+                           if k in extra or FIELD_ALIASES.get(k, k) not in searched}
+    return kwargs

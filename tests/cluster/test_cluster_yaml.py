@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 
 import pytest
 import yaml
@@ -10,9 +11,13 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _load() -> dict:
+def _text() -> str:
     with open(os.path.join(ROOT, "cluster.yaml")) as f:
-        return yaml.safe_load(f)
+        return f.read()
+
+
+def _load() -> dict:
+    return yaml.safe_load(_text())
 
 
 def _validate(config: dict) -> dict:
@@ -44,6 +49,26 @@ def test_an_8_gpu_trial_fits_a_worker_node():
     cfg = JobConfig()
     check_resources(cfg, worker_resources(cfg), nodes)
     assert concurrent_trials(cfg, worker_resources(cfg), nodes) == 4
+
+
+def test_every_ray_process_requires_the_shipped_token():
+    full = _validate(_load())
+    for commands in (full["head_start_ray_commands"], full["worker_start_ray_commands"]):
+        start = [c for c in commands if "ray start" in c]
+        assert start and all("RAY_AUTH_MODE=token" in c for c in start)
+    assert full["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert any("export RAY_AUTH_MODE=token" in c for c in full["setup_commands"])   # drivers on the nodes
+
+
+def test_the_commented_iam_profiles_validate_once_filled_in():
+    """The IamInstanceProfile lines are comments until the user puts in their account; uncommented, Ray's own
+    validator accepts them and both node types get their own profile (Ray's default gives workers none)."""
+    filled = re.sub(r"^(\s*)# (IamInstanceProfile:|  Arn: )", r"\1\2", _text(), flags=re.MULTILINE)
+    assert filled != _text()
+    full = _validate(yaml.safe_load(filled))
+    profiles = {name: t["node_config"]["IamInstanceProfile"]["Arn"] for name, t in full["available_node_types"].items()}
+    assert profiles.keys() == {"head", "gpu_8xa100"} and len(set(profiles.values())) == 2
+    assert all(arn.startswith("arn:aws:iam::") and ":instance-profile/" in arn for arn in profiles.values())
 
 
 @pytest.mark.parametrize("mutate, error", [

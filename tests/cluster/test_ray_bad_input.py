@@ -7,7 +7,7 @@ import yaml
 from meltr_ray import api
 from meltr_ray.config import JobConfig
 from meltr_ray.spaces import SpaceError
-from tests.cluster._common import toy_kwargs
+from tests.cluster._common import toy_kwargs, toy_tune_kwargs
 
 
 def _no_experiment_started(tmp_path):
@@ -17,13 +17,13 @@ def _no_experiment_started(tmp_path):
 
 def test_unknown_backbone(tmp_path):
     with pytest.raises(ValueError, match="unknown backbone 'nosuchnet_base'"):
-        api.tune(**{**toy_kwargs(tmp_path), "backbone": "nosuchnet"})
+        api.tune(**{**toy_tune_kwargs(tmp_path), "backbone": "nosuchnet"})
     assert _no_experiment_started(tmp_path)
 
 
 def test_unknown_task(tmp_path):
     with pytest.raises(ValueError, match=r"task 'captioning' \(backbone.task\)"):
-        api.tune(**{**toy_kwargs(tmp_path), "task": "captioning"})
+        api.tune(**{**toy_tune_kwargs(tmp_path), "task": "captioning"})
 
 
 @pytest.mark.parametrize("params, key", [
@@ -40,7 +40,7 @@ def test_bad_space_file(tmp_path, params, key):
 
 def test_data_path_without_shards(tmp_path):
     (tmp_path / "empty").mkdir()
-    kwargs = {**toy_kwargs(tmp_path), "data_factory": None, "data": str(tmp_path / "empty")}
+    kwargs = {**toy_tune_kwargs(tmp_path), "data_factory": None, "data": str(tmp_path / "empty")}
     with pytest.raises(ValueError, match="holds no Parquet shards"):
         api.tune(**kwargs)
     with pytest.raises(ValueError, match="is not a directory"):
@@ -49,14 +49,14 @@ def test_data_path_without_shards(tmp_path):
 
 def test_storage_path_that_cannot_be_written(tmp_path):
     (tmp_path / "a_file").write_text("not a directory")
-    kwargs = {**toy_kwargs(tmp_path), "storage_path": str(tmp_path / "a_file" / "results")}
+    kwargs = {**toy_tune_kwargs(tmp_path), "storage_path": str(tmp_path / "a_file" / "results")}
     with pytest.raises(ValueError, match=r"storage path .* cannot be written"):
         api.tune(**kwargs)
 
 
 @pytest.mark.ray
 def test_more_gpus_per_trial_than_any_node_has(ray_cluster, tmp_path):
-    kwargs = toy_kwargs(tmp_path, **{"cluster.use_gpu": True, "cluster.num_workers": 8})
+    kwargs = toy_tune_kwargs(tmp_path, **{"cluster.use_gpu": True, "cluster.num_workers": 8})
     with pytest.raises(ValueError, match=r"GPU=1.0 but the largest node has 0"):
         api.tune(**kwargs)
     with pytest.raises(ValueError, match="GPU"):

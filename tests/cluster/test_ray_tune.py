@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from meltr_ray import api
+from meltr_ray.core.checkpoint import load_checkpoint
 from meltr_ray.spaces import parse_space
-from tests.cluster._common import toy_kwargs
+from tests.cluster._common import toy_tune_kwargs
 
 TOY_SPACE = parse_space({
     "metric": "val_primary_mse", "mode": "min", "searcher": "hyperopt", "num_samples": 2,
@@ -24,23 +25,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 @pytest.mark.ray
-def test_two_trial_hyperopt_asha_search(ray_cluster, tmp_path):
-    kwargs = toy_kwargs(tmp_path, **{"cluster.num_workers": 1})
+def test_two_trial_hyperopt_asha_search(ray_cluster, tmp_path, capsys):
+    # reg_weight is searched by TOY_SPACE, but an explicit override fixes it for every trial
+    kwargs = toy_tune_kwargs(tmp_path, TOY_SPACE, **{"cluster.num_workers": 1, "reg_weight": 0.7})
     results = api.tune(name="two-trials", space=TOY_SPACE, num_samples=2, epochs=3, progress=False, **kwargs)
+    assert "reg_weight=0.7 fixed by overrides" in capsys.readouterr().err
     assert len(results) == 2 and not results.errors
-    configs = [r.config for r in results]
-    # HyperOpt evaluates the paper's setting (γ=0.3, α=3e-5, β=1e-4, K=3 → 3 is outside K's range here)…
-    for config in configs:
-        assert config["reg_weight"] in (0.1, 0.3, 0.5) and 0 <= config["neumann_steps"] <= 3
-        assert 1e-5 <= config["backbone_lr"] <= 1e-2
+    searched = set(TOY_SPACE.params) - {"reg_weight"}
     for result in results:
+        # a trial's config is the searched values and nothing else; its folder name stays short
+        assert set(result.config) == searched
+        assert 0 <= result.config["neumann_steps"] <= 3 and 1e-5 <= result.config["backbone_lr"] <= 1e-2
+        assert len(os.path.basename(result.path)) <= 24, result.path
         assert 1 <= result.metrics["epoch"] <= 3          # ASHA may stop the worse trial at a rung
         assert "val_primary_mse" in result.metrics and result.metrics.get("checkpoint_path")
+        job = load_checkpoint(result.metrics["checkpoint_path"])["config"]
+        assert job["meta"]["reg_weight"] == 0.7                                  # the override was used
+        assert job["meta"]["neumann_steps"] == result.config["neumann_steps"]  # the sampled value was used
     best = results.get_best_result()
     assert best.metrics["val_primary_mse"] == min(r.metrics["val_primary_mse"] for r in results)
+    assert set(best.config) == searched
     runs = tmp_path / "results" / "two-trials__train_runs"
     assert sorted(p.name for p in runs.iterdir() if p.name.startswith("train-")) == \
         sorted(f"train-{r.metrics['trial_id']}" for r in results)
+    assert (tmp_path / "results" / "two-trials" / "meltr_run.json").is_file()     # what restore() rebuilds from
 
 
 @pytest.mark.ray

@@ -9,15 +9,16 @@ import sys
 import ray
 
 from meltr_ray import api
-from tests.cluster._common import toy_kwargs
+from tests.cluster._common import toy_tune_kwargs
 from tests.cluster.ray_plugins import KillDriverOnResult
 from tests.cluster.test_ray_tune import TOY_SPACE
 
 
 def main(tmp: str) -> None:
     ray.init(address=os.environ["RAY_ADDRESS"])
-    kwargs = toy_kwargs(_Path(tmp), **{"cluster.num_workers": 1, "cluster.max_concurrent_trials": 1,
-                                      "backbone.overrides": {"epoch_log": os.path.join(tmp, "epochs.log")}})
+    kwargs = toy_tune_kwargs(_Path(tmp), TOY_SPACE, **{
+        "cluster.num_workers": 1, "cluster.max_concurrent_trials": 1,
+        "backbone.overrides": {"epoch_log": os.path.join(tmp, "epochs.log")}})
     api.tune(name="driver-crash", space=TOY_SPACE, num_samples=2, epochs=2, searcher="random", progress=False,
              callbacks=[KillDriverOnResult(os.path.join(tmp, "driver_killed"), nth=2)], **kwargs)
 

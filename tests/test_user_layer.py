@@ -1,0 +1,86 @@
+"""The user layer says what it does: real signatures and docstrings, explicit overrides win over the search,
+the demo refuses options it would ignore, and a launcher whose backbone is not registered says so."""
+from __future__ import annotations
+
+import inspect
+import os
+import pydoc
+import subprocess
+import sys
+
+import pytest
+
+import meltr_ray
+from meltr_ray import api
+from meltr_ray.cli import build_parser
+from meltr_ray.launch import registered_families, tune_main
+from meltr_ray.spaces import load_space
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("name, arguments", [
+    ("tune", ["backbone", "task", "data", "space", "num_samples", "overrides", "address", "callbacks"]),
+    ("train", ["backbone", "task", "data", "recipe", "overrides", "epochs", "address"])])
+def test_help_shows_the_real_signature_and_docstring(name, arguments):
+    function = getattr(meltr_ray, name)
+    assert function is getattr(api, name)
+    assert list(inspect.signature(function).parameters)[:3] == ["backbone", "task", "data"]
+    assert set(arguments) <= set(inspect.signature(function).parameters)
+    text = pydoc.render_doc(function, renderer=pydoc.plaintext)
+    assert "overrides" in text and "address" in text and "*args" not in text
+
+
+def test_importing_the_package_imports_neither_ray_nor_torch():
+    code = "import sys, meltr_ray; meltr_ray.tune; print(sorted({'ray', 'torch'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
+
+
+def test_an_explicit_override_of_a_searched_key_fixes_it(capsys):
+    space = load_space("default")
+    fixed = api.fix_searched(space, {"reg_weight": 0.7, "meta.meta_every": 4, "train.batch_size": 16})
+    assert set(fixed.params) == set(space.params) - {"reg_weight", "meta_every"}
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["meltr_ray.tune: reg_weight=0.7, meta_every=4 fixed by overrides, not searched"]
+    assert api.fix_searched(space, {"train.batch_size": 16}) is space
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ValueError, match="nothing is left to search; use meltr_ray.train"):
+        api.fix_searched(space, {name: 1 for name in space.params})
+
+
+@pytest.mark.parametrize("option", ["--data", "--backbone", "--task", "--recipe", "--space"])
+def test_the_demo_rejects_options_it_does_not_use(option, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["demo", option, "x"])
+    assert exit_.value.code == 2
+    assert f"{option} is not used by the demo" in capsys.readouterr().err
+
+
+def test_the_demo_keeps_the_options_it_uses():
+    args = build_parser().parse_args(["demo", "--num-samples", "2", "--epochs", "1", "--storage", "/tmp/x",
+                                      "--address", "auto", "--set", "train.batch_size=4"])
+    assert (args.num_samples, args.epochs, args.storage, args.address) == (2, 1, "/tmp/x", "auto")
+    assert (args.data, args.backbone, args.task) == (None, "violet", "retrieval")
+    assert args.overrides == [("train.batch_size", 4)]
+
+
+def test_a_launcher_whose_default_backbone_is_not_registered_exits_2(capsys):
+    families = registered_families()
+    assert families and "univl" not in families          # the registry, not this test, says what exists
+    assert tune_main("sentiment", argv=["--data", "shards/"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "backbone 'univl' is not available in this release" in err[0]
+    assert all(family in err[0] for family in families)
+    proc = subprocess.run([sys.executable, "launchers/tune_captioning.py"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"tune_captioning.py: error: backbone 'univl' is not available in this release (registered families: "
+        f"{', '.join(families)}); pass --backbone with one of them"]
+
+
+def test_a_launcher_that_needs_data_says_so(capsys):
+    assert tune_main("qa_oe", argv=[], needs_data=True) == 2
+    assert "--data is required" in capsys.readouterr().err
