@@ -34,8 +34,9 @@ OTHER_TASK_HEADS = ("itm_score.", "rank_output.", "mpp_score.", "vqa_classifier.
 FRESH_HEADS = ("txt_proj.", "vid_proj.", "mlm_score.", "pooler.")
 SHAPE_HINTS = {"transformer.pos_embed": "image_size / patch_size",
                "text_embeddings.position_embeddings": "max_text_len",
-               "text_embeddings.word_embeddings": "vocab_size", "mlm_score": "vocab_size",
-               "txt_proj": "embed_dim", "vid_proj": "embed_dim"}
+               "text_embeddings.word_embeddings": "vocab_size / hidden_size",
+               "mlm_score.decoder": "vocab_size / hidden_size", "txt_proj": "embed_dim / hidden_size",
+               "vid_proj": "embed_dim / hidden_size"}
 
 
 def resize_temporal(value: torch.Tensor, rows: int, mode: str | None, key: str) -> torch.Tensor:
