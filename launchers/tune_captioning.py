@@ -1,9 +1,12 @@
 #!/usr/bin/env python
-"""Tune MELTR for video captioning on Ray (UniVL on YouCook2 / MSRVTT feature shards), ranked by CIDEr.
+"""Tune MELTR for video captioning on Ray (UniVL on YouCook2 / MSRVTT feature shards), ranked by CIDEr on val.
 
     ray submit --tmux cluster.yaml launchers/tune_captioning.py -- \\
-        --data s3://BUCKET/youcook2_shards --pretrained /home/ubuntu/univl.pretrained.bin \\
-        --storage s3://BUCKET/meltr_results
+        --data s3://BUCKET/youcook2_shards --vocab /home/ubuntu/bert-base-uncased-vocab.txt \\
+        --pretrained /home/ubuntu/univl.pretrained.bin --storage s3://BUCKET/meltr_results
+Supplementary Table 4 rows: --recipe univl_youcook2_captioning_ori (…_ori_mdecoder, …_ori_all3, …_mtl).
+On CPU with the synthetic feature dataset (meltr_ray.data.synthetic_features):
+    python launchers/tune_captioning.py --recipe univl_demo_captioning --data SHARDS --vocab SHARDS/vocab.txt
 """
 import sys
 

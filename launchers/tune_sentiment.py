@@ -1,10 +1,13 @@
 #!/usr/bin/env python
 """Tune MELTR for multimodal sentiment analysis on Ray (UniVL on CMU-MOSI feature shards), ranked by binary
-accuracy.
+accuracy (Acc-2) on val.
 
     ray submit --tmux cluster.yaml launchers/tune_sentiment.py -- \\
-        --data s3://BUCKET/cmu_mosi_shards --pretrained /home/ubuntu/univl.pretrained.bin \\
-        --storage s3://BUCKET/meltr_results
+        --data s3://BUCKET/cmu_mosi_shards --vocab /home/ubuntu/bert-base-uncased-vocab.txt \\
+        --pretrained /home/ubuntu/univl.pretrained.bin --storage s3://BUCKET/meltr_results
+The sentiment loss is primary; --recipe univl_cmu_mosi_align makes L_Align primary (the supplementary's choice).
+On CPU with the synthetic feature dataset (meltr_ray.data.synthetic_features):
+    python launchers/tune_sentiment.py --recipe univl_demo_sentiment --data SHARDS --vocab SHARDS/vocab.txt
 """
 import sys
 

@@ -39,6 +39,9 @@ def ingest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-frames", type=int, default=1, help="skip videos with fewer frames (default 1)")
     p.add_argument("--probe-timeout", type=float, default=60.0, help="seconds per file before it counts as hung")
     p.add_argument("--meta-fraction", type=float, default=0.0, help="fraction of train rows moved to split 'meta'")
+    p.add_argument("--extra-split", action="append", default=[], metavar="NAME",
+                   help="accept split NAME besides train|meta|val|test (repeatable); rows of other splits are "
+                        "skipped as 'unknown split'")
     p.add_argument("--answer-vocab-size", type=int, default=1000, help="top-K open-ended answers (default 1000)")
     p.add_argument("--shard-mb", type=float, default=256, help="target shard size in MB of source (default 256)")
     p.add_argument("--row-group-rows", type=int, default=None, help="clips per row group (default: ~16 MB)")
@@ -54,14 +57,19 @@ def ingest_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_ingest(args: argparse.Namespace) -> int:
     from .data.ingest import ingest
+    from .data.probe import ProbePoolError
 
-    report = ingest(args.format, videos=args.videos, annotations=args.annotations, out=args.out,
-                    workers=args.workers, vq=args.vq, min_frames=args.min_frames,
-                    probe_timeout_s=args.probe_timeout, meta_fraction=args.meta_fraction,
-                    answer_vocab_size=args.answer_vocab_size, shard_bytes=int(args.shard_mb * 1e6),
-                    row_group_rows=args.row_group_rows, vocab_size=args.vocab_size,
-                    allow_pickle=args.allow_pickle, legacy_frames=args.legacy_frames,
-                    progress=not args.no_progress, **dict(args.opt))
+    try:
+        report = ingest(args.format, videos=args.videos, annotations=args.annotations, out=args.out,
+                        workers=args.workers, vq=args.vq, min_frames=args.min_frames,
+                        probe_timeout_s=args.probe_timeout, meta_fraction=args.meta_fraction,
+                        answer_vocab_size=args.answer_vocab_size, shard_bytes=int(args.shard_mb * 1e6),
+                        row_group_rows=args.row_group_rows, vocab_size=args.vocab_size,
+                        allow_pickle=args.allow_pickle, legacy_frames=args.legacy_frames,
+                        extra_splits=args.extra_split, progress=not args.no_progress, **dict(args.opt))
+    except ProbePoolError as exc:
+        print(f"meltr-ray ingest: error: {exc}", file=sys.stderr)
+        return 1
     if not args.no_progress:
         from rich.console import Console
         console = Console(stderr=True)

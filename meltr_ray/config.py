@@ -48,6 +48,8 @@ HYPERPARAMETERS = (
                    "Neumann-series terms of the inverse-Hessian approximation"),
     Hyperparameter("every", "meta.meta_every", "meta_every", 3, "3 (5 for All-in-one)",
                    "meta step every N inner steps (official auxgrad_every; not K)"),
+    Hyperparameter("α_N", "meta.neumann_lr", "neumann_lr", 3e-5, "= α (3e-5)",
+                   "Neumann step of the inverse-Hessian series (None = α); at α ≈ 3e-5, K only rescales"),
 )
 # Short names accepted in overrides and search spaces -> dotted config paths.
 FIELD_ALIASES = {h.alias: h.path for h in HYPERPARAMETERS}
@@ -81,6 +83,7 @@ class MeltrConfig:
     embedding: str = "se_te"               # se_te | se | te (scale / task embedding)
     architecture: str = "transformer"      # transformer | linear
     init: str = "default"                  # default (PyTorch) | normal (N(0, 0.02), All-in-one style)
+    start: str = "mtl"                     # mtl (Σℓ + zero-initialised head: starts as MTL) | official
     fixed_weights: list | None = None      # combiner='fixed'
     eval_mode: bool = False                # run MELTR with dropout off (UniVL official behaviour)
 
@@ -244,6 +247,7 @@ _CHOICES = {
     "meltr.embedding": {"se_te", "se", "te"},
     "meltr.architecture": {"transformer", "linear"},
     "meltr.init": {"default", "normal"},
+    "meltr.start": {"mtl", "official"},
     "meta.reg_form": {"abs", "square"},
     "meta.convention": {"series", "inverse"},
     "meta.source": {"replay", "split", "current"},

@@ -45,6 +45,9 @@ def job_arguments(p: argparse.ArgumentParser, task: str | None = "retrieval") ->
     p.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set meta.clip_norm=5 --set train.batch_size=16")
     p.add_argument("--address", help="Ray address (default: this node's cluster, else a local one)")
+    p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+                   help="module that registers extra backbones, imported here and on every worker "
+                        "(repeatable), e.g. --plugin my_pkg.my_family --backbone my_tiny")
 
 
 def _job_kwargs(args) -> dict:
@@ -54,7 +57,7 @@ def _job_kwargs(args) -> dict:
     return dict(backbone=args.backbone, task=args.task, data=args.data, pretrained=args.pretrained,
                 recipe=args.recipe, overrides=overrides, storage_path=args.storage, name=args.name,
                 epochs=args.epochs, num_workers=args.num_workers, use_gpu=False if args.cpu else None,
-                address=args.address)
+                address=args.address, plugins=args.plugins)
 
 
 def tune_arguments(p: argparse.ArgumentParser, task: str | None = "retrieval") -> None:

@@ -152,6 +152,135 @@ def violet_demo() -> JobConfig:
     )
 
 
+# ---- UniVL ---------------------------------------------------------------------------------------------------
+# name: (task, dataset key). Data: feature shards from `meltr-ray ingest --format youcook2 | msrvtt | cmu-mosi`.
+UNIVL_OFFICIAL = {
+    "univl_youcook2_retrieval": ("retrieval", "youcook2"),
+    "univl_msrvtt9k_retrieval": ("retrieval", "msrvtt9k"),
+    "univl_msrvtt7k_retrieval": ("retrieval", "msrvtt7k"),
+    "univl_youcook2_captioning": ("captioning", "youcook2"),
+    "univl_msrvtt_captioning": ("captioning", "msrvtt_full"),
+    "univl_cmu_mosi": ("sentiment", "cmu_mosi"),
+}
+UNIVL_PAPER_EPOCHS = {"retrieval": 40, "captioning": 20, "sentiment": 20}
+# Supplementary Table 4 (YouCook2 captioning): the original five losses, + each masked loss, + all three
+UNIVL_ORIGINAL = ("joint", "align", "cmlm", "cmfm", "decoder")
+UNIVL_TABLE4 = {"ori": (), "ori_mdecoder": ("m_decoder",), "ori_mjoint": ("m_joint",),
+                "ori_malign": ("m_align",), "ori_all3": ("m_decoder", "m_joint", "m_align")}
+
+
+def univl_official(name: str, overrides: dict | None = None) -> JobConfig:
+    """UniVL's released code (reference §3.1) where our trainer can express it.
+
+    lr 1e-4 for all of UniVL (decoupled weight decay 0.01, betas (0.9, 0.999), linear decay — the official
+    4-epoch sawtooth and BertAdam's missing bias correction are not reproduced), global clip 1.0, 16 clips per
+    GPU (128 on 8), MELTR with the `univl` preset (128/256/512) in eval mode, Adam-style lr 1e-3 and weight
+    decay 3e-5, hypergradient clip 50, a meta step every 3 steps, K = 0, the whole backbone in the meta scope,
+    a FIFO replay buffer of 10 — and the README commands' regulariser off (γ = 0) and **1 epoch** (bug B-U1:
+    use ``<name>_paper`` for the paper's 40/20 epochs). Evaluation is on ``val`` (never ``test``: B-U4).
+    """
+    task, _ = UNIVL_OFFICIAL[name]
+    from .backbones import get_spec
+    preset = get_spec("univl_base").task(task).meltr_preset
+    return JobConfig(
+        name=name,
+        backbone=BackboneConfig(name="univl_base", task=task, overrides=dict(overrides or {})),
+        meltr=MeltrConfig(combiner="meltr", preset=preset, d_model=256, d_ffn=512, d_scale=128, eval_mode=True),
+        meta=MetaConfig(reg_weight=0.0, reg_form="abs", neumann_steps=0, convention="series", include_direct=False,
+                        scope="all", meta_every=3, source="replay", buffer_size=10, eviction="fifo",
+                        clip_norm=50.0),
+        optim=OptimConfig(backbone_lr=1e-4, meltr_lr=1e-3, optimizer="adamw", backbone_weight_decay=0.01,
+                          meltr_weight_decay=3e-5, betas=(0.9, 0.999), warmup_ratio=0.0, schedule="linear",
+                          grad_clip=1.0),
+        train=TrainConfig(epochs=1, batch_size=16, eval_batch_size=64, eval_every=1, precision="fp32"),
+        data=DataConfig(train_split="train", val_split="val", num_frames=48, max_text_len=20),
+        cluster=ClusterConfig(num_workers=8, use_gpu=True),
+    )
+
+
+def univl_paper(name: str, overrides: dict | None = None) -> JobConfig:
+    """The official recipe with the paper's optimisation (supplementary §A.3): Adam α = 3e-5, β = 1e-4, linear
+    decay, K = 3, γ = 0.1, one MELTR layer of 512, 40/20/20 epochs, the backbone's default meta scope."""
+    cfg = univl_official(name, overrides)
+    cfg.name = name + "_paper"
+    cfg.meltr.preset, cfg.meltr.d_model, cfg.meltr.d_ffn, cfg.meltr.d_scale = None, 512, 512, 256
+    cfg.meltr.eval_mode = False
+    cfg.meta.reg_weight, cfg.meta.neumann_steps, cfg.meta.scope, cfg.meta.clip_norm = 0.1, 3, "default", 12.0
+    cfg.optim = OptimConfig(backbone_lr=3e-5, meltr_lr=1e-4, optimizer="adam", backbone_weight_decay=0.0,
+                            meltr_weight_decay=0.0, betas=(0.9, 0.999), warmup_ratio=0.0, schedule="linear")
+    cfg.train.epochs = UNIVL_PAPER_EPOCHS[cfg.backbone.task]
+    return cfg
+
+
+def as_mtl(cfg: JobConfig) -> JobConfig:
+    """The MTL baseline of a recipe: the same run with the plain sum of the losses (no MELTR, no meta step)."""
+    cfg.name += "_mtl"
+    cfg.meltr.combiner = "mtl"
+    return cfg
+
+
+def univl_with_losses(base: str, row: str, paper: bool) -> JobConfig:
+    """A Table 4 row: YouCook2 captioning with the original five losses plus that row's masked losses."""
+    losses = list(UNIVL_ORIGINAL + UNIVL_TABLE4[row])
+    cfg = (univl_paper if paper else univl_official)(base, {"losses": losses})
+    cfg.name = f"{base}_{row}" + ("_paper" if paper else "")
+    cfg.meltr.preset = None                     # the `univl` preset is for all eight losses; same sizes
+    return cfg
+
+
+def univl_cmu_mosi_align(paper: bool = False) -> JobConfig:
+    """CMU-MOSI with L_Align as MELTR's primary loss, the supplementary's choice (§A.1)."""
+    cfg = (univl_paper if paper else univl_official)("univl_cmu_mosi", {"primary": "align"})
+    cfg.name = "univl_cmu_mosi_align" + ("_paper" if paper else "")
+    return cfg
+
+
+def _register_univl() -> None:
+    for name, (task, dataset) in UNIVL_OFFICIAL.items():
+        recipe(name, "univl", task, dataset)(lambda n=name: univl_official(n))
+        recipe(name + "_paper")(lambda n=name: univl_paper(n))
+        recipe(name + "_mtl")(lambda n=name: as_mtl(univl_official(n)))
+        recipe(name + "_paper_mtl")(lambda n=name: as_mtl(univl_paper(n)))
+    for row in UNIVL_TABLE4:
+        name = f"univl_youcook2_captioning_{row}"
+        recipe(name)(lambda r=row: univl_with_losses("univl_youcook2_captioning", r, False))
+        recipe(name + "_paper")(lambda r=row: univl_with_losses("univl_youcook2_captioning", r, True))
+        recipe(name + "_mtl")(lambda r=row: as_mtl(univl_with_losses("univl_youcook2_captioning", r, False)))
+        recipe(name + "_paper_mtl")(lambda r=row: as_mtl(univl_with_losses("univl_youcook2_captioning", r, True)))
+    for suffix, paper in (("", False), ("_paper", True)):
+        recipe("univl_cmu_mosi_align" + suffix)(lambda p=paper: univl_cmu_mosi_align(p))
+        recipe("univl_cmu_mosi_align" + suffix + "_mtl")(lambda p=paper: as_mtl(univl_cmu_mosi_align(p)))
+
+
+_register_univl()
+
+
+def univl_demo(task: str) -> JobConfig:
+    """``univl_tiny`` on a synthetic feature dataset (``meltr_ray.data.synthetic_features``) on CPU workers.
+
+    16-d features, 16 text tokens, the shards' demo WordPiece vocabulary (``--vocab <shards>/vocab.txt``: the
+    run reads its size and special ids), a small MELTR, K = 1, greedy decoding of ≤ 8 tokens.
+    """
+    return JobConfig(
+        name=f"univl_demo_{task}",
+        backbone=BackboneConfig(name="univl_tiny", task=task, overrides={"decoding": "greedy"}
+                                if task == "captioning" else {}),
+        meltr=MeltrConfig(combiner="meltr", preset=None, d_model=32, d_ffn=32, d_scale=16, n_heads=4),
+        meta=MetaConfig(reg_weight=0.1, neumann_steps=1, scope="default", meta_every=2, clip_norm=12.0),
+        optim=OptimConfig(backbone_lr=3e-4, meltr_lr=1e-3, optimizer="adamw", backbone_weight_decay=1e-4,
+                          meltr_weight_decay=1e-4, schedule="linear"),
+        train=TrainConfig(epochs=2, batch_size=4, eval_batch_size=16, log_every=2),
+        data=DataConfig(train_split="train", val_split="val", max_text_len=16),
+        cluster=ClusterConfig(num_workers=1, use_gpu=False, cpus_per_worker=1.0, max_failures=0,
+                              checkpoints_to_keep=1),
+    )
+
+
+for _task, _dataset in (("retrieval", "synthetic_youcook2"), ("captioning", "synthetic_youcook2"),
+                        ("sentiment", "synthetic_mosi")):
+    recipe(f"univl_demo_{_task}", "univl_tiny", _task, _dataset)(lambda t=_task: univl_demo(t))
+
+
 # ---- All-in-one (reference §5) -------------------------------------------------------------------------------
 ALLINONE_OFFICIAL = {"allinone_msrvtt9k_retrieval": "msrvtt9k", "allinone_msrvtt7k_retrieval": "msrvtt7k"}
 DEMO_VOCAB = dict(vocab_size=1000, pad_token_id=0, cls_token_id=2, sep_token_id=3, mask_token_id=4)

@@ -46,7 +46,9 @@ def _check_limits(cfg: JobConfig, data) -> None:
             ("data.num_frames", cfg.data.num_frames, data.max_frames, "frames of its temporal embedding"),
             ("data.image_size", cfg.data.image_size, data.max_image_size, "pixels of its spatial embedding"),
             ("data.max_text_len", cfg.data.max_text_len, data.text_positions, "rows of its text position table")):
-        if limit is not None and data.modality != "features" and value > limit:
+        if field == "data.image_size" and data.modality == "features":
+            continue                     # pre-extracted features: no pixels, the image size is not read
+        if limit is not None and value > limit:
             raise ValueError(f"{where}: {field} = {value} is above the model's maximum {limit} ({what})")
 
 
@@ -74,6 +76,16 @@ def steps_per_epoch_from_shards(cfg: JobConfig) -> int | None:
     except (OSError, ValueError):
         return None
     return steps_per_epoch_from_meta(cfg, meta)
+
+
+def backbone_overrides(cfg: JobConfig, spec) -> dict:
+    """``backbone.overrides``, plus ``data.vocab_path`` for builders that take a ``vocab_path`` (UniVL
+    detokenises its captions with it) unless the overrides set one."""
+    import inspect
+    overrides = dict(cfg.backbone.overrides or {})
+    if cfg.data.vocab_path and "vocab_path" in inspect.signature(spec.build).parameters:
+        overrides.setdefault("vocab_path", cfg.data.vocab_path)
+    return overrides
 
 
 @dataclass
@@ -114,10 +126,12 @@ def build_run(cfg: JobConfig, device=None, *, steps_per_epoch: int | None = None
     if model is None:
         torch.manual_seed(cfg.train.seed)      # the same seed starts from the same weights (trials, reruns)
         b = cfg.backbone
-        model = create_backbone(b.name, task=b.task, pretrained=b.pretrained, **(b.overrides or {}))
+        model = create_backbone(b.name, task=b.task, pretrained=b.pretrained, **backbone_overrides(cfg, spec))
     model = model.to(device)
-    combiner = build_combiner(cfg.meltr, len(task.losses)).to(device)
+    # a family may choose a subset of its losses or another primary per run (UniVL's losses= / primary=)
+    task_names = list(getattr(model, "task_names", None) or task.losses)
+    combiner = build_combiner(cfg.meltr, len(task_names)).to(device)
     steps = steps_per_epoch or steps_per_epoch_from_shards(cfg)
     trainer = build_trainer(model, combiner, cfg, train_model=train_model, steps_per_epoch=steps, device=device,
-                            task_names=list(task.losses), meta_scope=spec.meta_scope(model))
+                            task_names=task_names, meta_scope=spec.meta_scope(model))
     return Run(cfg=cfg, spec=spec, model=model, combiner=combiner, trainer=trainer)

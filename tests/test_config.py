@@ -17,7 +17,21 @@ def test_short_aliases_map_to_the_paper_symbols():
     assert (cfg.meta.reg_weight, cfg.optim.backbone_lr, cfg.optim.meltr_lr) == (0.5, 1e-5, 2e-4)
     assert cfg.meta.neumann_steps == 5 and isinstance(cfg.meta.neumann_steps, int)
     assert cfg.meta.meta_every == 2
-    assert set(FIELD_ALIASES) == {"reg_weight", "backbone_lr", "meltr_lr", "neumann_steps", "meta_every"}
+    assert set(FIELD_ALIASES) == {"reg_weight", "backbone_lr", "meltr_lr", "neumann_steps", "meta_every",
+                                  "neumann_lr"}
+
+
+def test_one_table_of_searched_hyperparameters_feeds_aliases_paper_point_and_labels():
+    """config.HYPERPARAMETERS is the only table: aliases, the paper point HyperOpt tries first, the live table."""
+    from meltr_ray.cluster.progress import SHORT_LABELS
+    from meltr_ray.config import HYPERPARAMETERS
+    from meltr_ray.spaces import PAPER_VALUES
+    symbols = {h.alias: h.symbol for h in HYPERPARAMETERS}
+    assert symbols["reg_weight"] == "γ" and symbols["backbone_lr"] == "α" and symbols["meltr_lr"] == "β"
+    assert symbols["neumann_steps"] == "K"
+    assert FIELD_ALIASES == {h.alias: h.path for h in HYPERPARAMETERS}
+    assert PAPER_VALUES == {h.path: h.paper_value for h in HYPERPARAMETERS}
+    assert all(SHORT_LABELS[h.alias] == SHORT_LABELS[h.path] == h.symbol for h in HYPERPARAMETERS)
 
 
 def test_overrides_do_not_mutate_the_original():

@@ -9,9 +9,11 @@ import shlex
 
 from ray import tune
 
-HPARAM_LABELS = {"reg_weight": "γ reg_weight", "backbone_lr": "α backbone_lr", "meltr_lr": "β meltr_lr",
-                 "neumann_steps": "K neumann_steps", "meta_every": "meta_every"}
-SHORT_LABELS = {"reg_weight": "γ", "backbone_lr": "α", "meltr_lr": "β", "neumann_steps": "K", "meta_every": "every"}
+from ..config import HYPERPARAMETERS
+
+# labels of the searched hyperparameters, from the one table in config.py (by alias and by dotted path)
+HPARAM_LABELS = {key: f"{h.symbol} {h.alias}" for h in HYPERPARAMETERS for key in (h.alias, h.path)}
+SHORT_LABELS = {key: h.symbol for h in HYPERPARAMETERS for key in (h.alias, h.path)}
 
 
 def _fmt(value) -> str:
@@ -46,7 +48,7 @@ class LiveTrialTable(tune.Callback):
 
     def table(self):
         from rich.table import Table
-        table = Table(title=self.title, caption="γ reg_weight · α backbone_lr · β meltr_lr · K neumann_steps")
+        table = Table(title=self.title, caption=" · ".join(HPARAM_LABELS[p] for p in self.params if p in HPARAM_LABELS))
         for header in ["trial", "status", *(SHORT_LABELS.get(p, p) for p in self.params), "epoch", self.metric]:
             table.add_column(header, no_wrap=True)
         best = self._best_trial()

@@ -69,7 +69,7 @@ def build_trainer(model, combiner, cfg, *, train_model=None, steps_per_epoch: in
     total = cfg.train.max_steps or (steps_per_epoch * cfg.train.epochs if steps_per_epoch else None)
     backbone_opt = make_optimizer(model.parameters(), o.optimizer, o.backbone_lr, o.backbone_weight_decay, o.betas)
     meltr_opt = make_optimizer(combiner.parameters(), o.optimizer, o.meltr_lr, o.meltr_weight_decay, o.betas)
-    meta_total = total // cfg.meta.meta_every if total else None
+    meta_total = max(1, total // cfg.meta.meta_every) if total else None
     return BilevelTrainer(model, combiner, cfg, backbone_opt, meltr_opt,
                           make_scheduler(backbone_opt, o.schedule, total, o.warmup_ratio),
                           make_scheduler(meltr_opt, o.schedule, meta_total, o.warmup_ratio),

@@ -10,7 +10,8 @@ format              inputs
                     ``MSRVTT_train.9k.csv`` (or a .txt of ids), all captions of those videos; ``7k``: the first
                     7,010 videos of the json; test = ``test_list`` = ``MSRVTT_JSFUSION_test.csv`` (1k-A, one
                     caption each). ``split_mode=full`` (captioning): train = first 7,010 videos, test = the last
-                    2,990 with **all 20 references** (the official B-U3 typo used one).
+                    2,990 with **all 20 references** (the official B-U3 typo used one). ``val_list=``: ids
+                    moved from train to ``val``; ``features=`` (UniVL's S3D pickle): feature rows.
 ``violet-retrieval`` Violet's ``{"sentences": [{"video_id", "caption"}]}`` files: train file as annotations,
                     ``test=`` / ``val=`` options; with ``--legacy-frames img_*.pkl`` Violet's frames are used.
 ``msvd-qa``,        Violet's ``txt_{task}.json`` = ``{"train": [...], "test": [...]}``: multiple choice items
@@ -31,10 +32,12 @@ format              inputs
                     ``ans2label=train_ans2label.json`` fixes the answer vocabulary (by label); without it ingest
                     keeps the top ``--answer-vocab-size`` (1,000) train answers.
 ``youcook2``        ``youcookii_data.transcript.pickle`` (annotations) + ``features`` = the S3D feature pickle +
-                    ``train_csv`` / ``val_csv``; one row per (video, clip), features ``[int(start), int(end)+1)``
-                    at 1 fps. Pickles need ``allow_pickle``.
+                    ``train_csv`` / ``val_csv`` / ``test_csv``; one row per (video, clip), features
+                    ``[int(start), int(end)+1)`` at 1 fps. Pickles need ``allow_pickle``.
 ``cmu-mosi``        a pickle or ``.npz`` of splits ``{train|valid|test: {"vision"/"audio"/"text" or "features":
-                    (N, F, D), "labels": (N, ...), "id"?: (N,)}}``; modalities are concatenated along D.
+                    (N, F, D), "labels": (N, ...), "id"?: (N,), "raw_text"?: (N,) str}}``; modalities are
+                    concatenated along D; ``raw_text`` (the spoken sentence, as in MMSA's pickles) becomes the
+                    row's caption, the text UniVL reads.
 ==================  ===========================================================================================
 """
 from __future__ import annotations
@@ -60,8 +63,41 @@ def _read_id_list(path: str) -> list[str]:
 
 
 def read_msrvtt(annotations: str, videos: str | None = None, split_mode: str = "9k",
-                train_list: str | None = None, test_list: str | None = None, **_) -> Iterator[dict | Skip]:
-    """MSRVTT retrieval (9k / 7k train + 1k-A test) or full captioning split (see the module table)."""
+                train_list: str | None = None, test_list: str | None = None, val_list: str | None = None,
+                features: str | None = None, allow_pickle: bool = False, max_frames: int = 48,
+                **_) -> Iterator[dict | Skip]:
+    """MSRVTT retrieval (9k / 7k train + 1k-A test) or full captioning split (see the module table).
+
+    ``val_list`` (ids, one per line, or a CSV with ``video_id``) moves those training videos to ``val``, so
+    model selection need not use the test split (B-U4). ``features`` (UniVL: ``msrvtt_videos_features.pickle``
+    = ``{video_id: (seconds, D)}``, needs ``allow_pickle``) makes feature rows (first ``max_frames`` seconds)
+    instead of video rows.
+    """
+    val_ids = set(_read_id_list(val_list)) if val_list else set()
+    feats = load_pickle(features, allow_pickle) if features else None
+    for rec in _msrvtt_records(annotations, videos, split_mode, train_list, test_list):
+        yield from _msrvtt_finish(rec, val_ids, feats, int(max_frames))
+
+
+def _msrvtt_finish(rec, val_ids: set, feats, max_frames: int) -> Iterator[dict | Skip]:
+    if isinstance(rec, Skip):
+        yield rec
+        return
+    if rec["split"] == "train" and rec["id"] in val_ids:
+        rec["split"] = "val"
+    if feats is not None:
+        if rec["video_id"] not in feats:
+            yield Skip(rec["id"], "", "missing file: no features for video")
+            return
+        try:
+            rec["features"], rec["video"] = feature_array(np.asarray(feats[rec["video_id"]])[:max_frames]), None
+        except ValueError as exc:
+            yield Skip(rec["id"], "", f"bad features: {exc}")
+            return
+    yield rec
+
+
+def _msrvtt_records(annotations, videos, split_mode, train_list, test_list) -> Iterator[dict | Skip]:
     with open(annotations) as f:
         data = json.load(f)
     order = [v["video_id"] for v in data["videos"]]
@@ -146,15 +182,20 @@ def read_violet_retrieval(annotations: str, videos: str | None = None, val: str 
 
 
 def read_youcook2(annotations: str, videos: str | None = None, features: str | None = None,
-                  train_csv: str | None = None, val_csv: str | None = None, allow_pickle: bool = False,
-                  max_frames: int = 48, **_) -> Iterator[dict | Skip]:
-    """YouCook2 (UniVL): S3D features per video, one row per annotated clip with its caption."""
+                  train_csv: str | None = None, val_csv: str | None = None, test_csv: str | None = None,
+                  allow_pickle: bool = False, max_frames: int = 48, **_) -> Iterator[dict | Skip]:
+    """YouCook2 (UniVL): S3D features per video, one row per annotated clip with its caption.
+
+    ``val_csv`` / ``test_csv`` become the ``val`` / ``test`` splits. The official ``youcookii_val.csv`` is the
+    split every paper reports on: pass it as ``test_csv`` and hold out training videos as ``val_csv`` so model
+    selection never sees the test split (the official code selected on it, B-U4).
+    """
     if not features:
         raise ValueError("youcook2 needs features=<youcookii_videos_features.pickle>")
     max_frames = int(max_frames)                         # CLI options arrive as strings
     transcript = load_pickle(annotations, allow_pickle)
     feats = load_pickle(features, allow_pickle)
-    for split, path in (("train", train_csv), ("val", val_csv)):
+    for split, path in (("train", train_csv), ("val", val_csv), ("test", test_csv)):
         if not path:
             continue
         with open(path, newline="") as f:
@@ -196,13 +237,15 @@ def read_cmu_mosi(annotations: str, videos: str | None = None, allow_pickle: boo
         feats = np.concatenate(mods, axis=-1)
         labels = np.asarray(part["labels"], np.float32).reshape(len(feats), -1)[:, 0]
         ids = [str(i) for i in part.get("id", [f"{out_split}{n:05d}" for n in range(len(feats))])]
-        for n, (rid, f, score) in enumerate(zip(ids, feats, labels)):
+        texts = [str(t) for t in part["raw_text"]] if "raw_text" in part else [""] * len(feats)
+        for n, (rid, f, score, text) in enumerate(zip(ids, feats, labels, texts)):
             rec = new_record(f"{out_split}/{rid}/{n}", None, out_split)
             try:
                 rec["features"], rec["score"] = feature_array(f), float(score)
             except ValueError as exc:
                 yield Skip(rec["id"], "", f"bad features: {exc}")
                 continue
+            rec["captions"] = [text] if text else []         # the spoken sentence: UniVL's text input
             yield rec
 
 

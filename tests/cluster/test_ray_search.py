@@ -13,7 +13,7 @@ from meltr_ray.spaces import load_space, parse_space
 def test_param_space_maps_each_distribution():
     space = load_space("default")
     samplers = param_space(space)
-    assert set(samplers) == {"reg_weight", "backbone_lr", "meltr_lr", "neumann_steps", "meta_every"}
+    assert set(samplers) == {"reg_weight", "backbone_lr", "meltr_lr", "neumann_steps", "meta_every", "meta.neumann_lr"}
     assert isinstance(samplers["reg_weight"], tune.search.sample.Float)
     k = samplers["neumann_steps"]
     assert isinstance(k, tune.search.sample.Integer) and (k.lower, k.upper) == (1, 6)   # randint high included
