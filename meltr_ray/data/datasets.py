@@ -18,6 +18,19 @@ format              inputs
 ``tgif-action``,    ``{"video", "question", "option_0".."option_4", "answer": int}``; open-ended items
 ``tgif-transition`` ``{"video", "question", "answer": int | str}``. Integer open-ended answers index the top-K
 ``tgif-frame``      answer list: pass it as ``answer_vocab`` (a json list) or the ids are kept as is.
+``allinone-msrvtt``  All-in-one's ``MSR_VTT.json`` (``annotations: [{image_id, caption}]``) + ``train_list_9k.txt`` /
+                    ``train_list_7k.txt`` (``split_mode=9k|7k``, the official code always used 7k: B-A2) +
+                    ``val_list_jsfusion.txt`` + ``jsfusion_val_caption_idx.pkl`` (video → index of its one test
+                    caption; needs ``allow_pickle``; ``test_captions=all`` keeps every caption instead). Files
+                    default to the annotation file's folder; train rows hold every caption of a video.
+``msvd-qa-original`` the MSVD-QA release (Xu et al. 2017): ``train_qa.json`` as annotations, ``val=val_qa.json``,
+                    ``test=test_qa.json`` (default: beside it), items ``{"video_id": N, "question", "answer"}``;
+                    ``mapping=youtube_mapping.txt`` (``<clip name> vid<N>`` lines) names the files in
+                    ``YouTubeClips/``; without it the video of N is ``vid<N>``.
+``msvd-qa-alpro``   ALPRO's ``train.jsonl`` / ``val.jsonl`` / ``test.jsonl`` (``{"video_id", "question", "answer",
+                    "answer_type"}``, ``val=`` / ``test=`` options, default beside the train file);
+                    ``ans2label=train_ans2label.json`` fixes the answer vocabulary (by label); without it ingest
+                    keeps the top ``--answer-vocab-size`` (1,000) train answers.
 ``youcook2``        ``youcookii_data.transcript.pickle`` (annotations) + ``features`` = the S3D feature pickle +
                     ``train_csv`` / ``val_csv`` / ``test_csv``; one row per (video, clip), features
                     ``[int(start), int(end)+1)`` at 1 fps. Pickles need ``allow_pickle``.
@@ -31,6 +44,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from typing import Iterator
 
 import numpy as np
@@ -235,6 +249,143 @@ def read_cmu_mosi(annotations: str, videos: str | None = None, allow_pickle: boo
             yield rec
 
 
+# ---- All-in-one MSRVTT and MSVD-QA (original release, ALPRO's json) ------------------------------------------
+def _beside(annotations: str, path: str | None, name: str) -> str | None:
+    """``path`` as given, else ``name`` next to the annotation file when it exists there."""
+    if path:
+        return path
+    candidate = os.path.join(os.path.dirname(os.path.abspath(annotations)), name)
+    return candidate if os.path.exists(candidate) else None
+
+
+def _test_caption_index(path: str | None, allow_pickle: bool) -> dict | None:
+    if path is None:
+        return None
+    index = load_pickle(path, allow_pickle)
+    if not isinstance(index, dict):
+        raise ValueError(f"{path} must hold a dict video id -> caption index, got {type(index).__name__}")
+    return {str(k): int(v) for k, v in index.items()}
+
+
+def read_allinone_msrvtt(annotations: str, videos: str | None = None, split_mode: str = "9k",
+                         train_list: str | None = None, test_list: str | None = None,
+                         caption_index: str | None = None, test_captions: str = "one", allow_pickle: bool = False,
+                         **_) -> Iterator[dict | Skip]:
+    """All-in-one's MSRVTT files (see the module table): train 9k or 7k, test = the 1k-A (JSFusion) list."""
+    if split_mode not in ("9k", "7k"):
+        raise ValueError(f"allinone-msrvtt: split_mode must be '9k' or '7k', got {split_mode!r}")
+    if test_captions not in ("one", "all"):
+        raise ValueError(f"allinone-msrvtt: test_captions must be 'one' or 'all', got {test_captions!r}")
+    with open(annotations) as f:
+        items = json.load(f)["annotations"]
+    captions: dict[str, list[str]] = {}
+    for item in items:
+        captions.setdefault(str(item["image_id"]), []).append(str(item["caption"]))
+    lists = {"train": _beside(annotations, train_list, f"train_list_{split_mode}.txt"),
+             "test": _beside(annotations, test_list, "val_list_jsfusion.txt")}
+    index = None
+    if test_captions == "one":
+        path = _beside(annotations, caption_index, "jsfusion_val_caption_idx.pkl")
+        if lists["test"] and path is None:
+            raise ValueError("allinone-msrvtt: the 1k-A test needs jsfusion_val_caption_idx.pkl (--opt "
+                             "caption_index=PATH, with --allow-pickle), or --opt test_captions=all")
+        index = _test_caption_index(path, allow_pickle)
+    for split, path in lists.items():
+        if path:
+            yield from _allinone_split(split, _read_id_list(path), captions, index, videos)
+
+
+def _allinone_split(split: str, ids: list[str], captions: dict, index: dict | None,
+                    videos: str | None) -> Iterator[dict | Skip]:
+    for vid in ids:
+        rec = new_record(vid, resolve_video(videos or "", vid), split)
+        caps = captions.get(vid, [])
+        if split == "test" and index is not None and caps:
+            k = index.get(vid)
+            if k is None or not 0 <= k < len(caps):
+                yield Skip(vid, rec["video"], f"unparsable annotation: no test caption index {k!r} for the video "
+                                              f"({len(caps)} captions)")
+                continue
+            caps = [caps[k]]
+        rec["captions"] = caps
+        if not caps:
+            yield Skip(vid, rec["video"], "unparsable annotation: video has no captions")
+        else:
+            yield rec
+
+
+def _qa_rows(items, split: str, videos: str | None, video_name, rows: dict) -> Iterator[Skip]:
+    """Add open-ended questions to one row per (split, video); yields a Skip per bad item."""
+    for n, item in enumerate(items):
+        try:
+            vid = video_name(item["video_id"])
+            answer = item["answer"]
+            if not isinstance(answer, str) or not isinstance(item["question"], str):
+                raise ValueError("question and answer must be strings")
+            rec = rows.setdefault(f"{split}/{vid}", new_record(vid, resolve_video(videos or "", vid), split))
+            add_question(rec, {"question": item["question"], "answer_text": answer})
+        except (KeyError, ValueError, TypeError) as exc:
+            yield Skip(f"{split}[{n}]", "", f"unparsable annotation ({split} item {n}): {exc!r}")
+
+
+def _finish_rows(rows: dict) -> Iterator[dict]:
+    for key, rec in rows.items():
+        rec["id"] = key                                  # a video may be in several splits
+        yield rec
+
+
+def _youtube_names(path: str | None) -> dict[str, str]:
+    """``youtube_mapping.txt``: ``<clip name> vid<N>`` per line → {"vid<N>": clip name}."""
+    if path is None:
+        return {}
+    names = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 2:
+                names[parts[1]] = parts[0]
+    return names
+
+
+def read_msvd_qa_original(annotations: str, videos: str | None = None, val: str | None = None,
+                          test: str | None = None, mapping: str | None = None, **_) -> Iterator[dict | Skip]:
+    """The MSVD-QA release's ``{train,val,test}_qa.json`` (see the module table); one row per video and split."""
+    names = _youtube_names(_beside(annotations, mapping, "youtube_mapping.txt"))
+
+    def video_name(number) -> str:
+        key = f"vid{int(number)}"
+        return names.get(key, key)
+    rows: dict[str, dict] = {}
+    for split, path in (("train", annotations), ("val", _beside(annotations, val, "val_qa.json")),
+                        ("test", _beside(annotations, test, "test_qa.json"))):
+        if path:
+            with open(path) as f:
+                yield from _qa_rows(json.load(f), split, videos, video_name, rows)
+    yield from _finish_rows(rows)
+
+
+def _jsonl(path: str) -> list:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_msvd_qa_alpro(annotations: str, videos: str | None = None, val: str | None = None,
+                       test: str | None = None, ans2label: str | None = None, **_) -> Iterator[dict | Skip]:
+    """ALPRO's MSVD-QA jsonl files (see the module table); one row per video and split."""
+    rows: dict[str, dict] = {}
+    for split, path in (("train", annotations), ("val", _beside(annotations, val, "val.jsonl")),
+                        ("test", _beside(annotations, test, "test.jsonl"))):
+        if path:
+            yield from _qa_rows(_jsonl(path), split, videos, str, rows)
+    yield from _finish_rows(rows)
+    if ans2label:
+        with open(ans2label) as f:
+            labels = json.load(f)
+        yield {"answer_vocab": [a for a, _ in sorted(labels.items(), key=lambda kv: int(kv[1]))]}
+
+
 FORMATS = {"msrvtt": read_msrvtt, "violet-retrieval": read_violet_retrieval, "msvd-qa": read_violet_qa,
            "tgif-action": read_violet_qa, "tgif-transition": read_violet_qa, "tgif-frame": read_violet_qa,
-           "youcook2": read_youcook2, "cmu-mosi": read_cmu_mosi}
+           "youcook2": read_youcook2, "cmu-mosi": read_cmu_mosi,
+           "allinone-msrvtt": read_allinone_msrvtt, "msvd-qa-original": read_msvd_qa_original,
+           "msvd-qa-alpro": read_msvd_qa_alpro}
