@@ -79,11 +79,18 @@ def ray_start_failed(command: str, err: Exception) -> int:
     return 1
 
 
+def trial_keys(results) -> list[str]:
+    """The config keys of the trials in order of first appearance (a trial's config is the searched values
+    only; the baseline trial's holds only the baseline's keys)."""
+    return list(dict.fromkeys(key for result in results for key in result.config))
+
+
 def run_tune(args: argparse.Namespace) -> int:
     from rich.console import Console
     from . import api
     from .cluster.progress import print_summary
     from .cluster.session import RayStartError
+    from .cluster.tuner import load_baseline
     try:
         if args.restore:
             results = api.restore(args.restore, address=args.address)
@@ -96,9 +103,9 @@ def run_tune(args: argparse.Namespace) -> int:
     for result in results:
         if result.error:
             console.print(f"[red]trial {result.path} failed:[/red] {result.error}")
-    metric = results._experiment_analysis.default_metric
-    params = list(results[0].config)                   # a trial's config is the searched values only
-    print_summary(console, results, params, metric)
+    analysis = results._experiment_analysis
+    print_summary(console, results, trial_keys(results), analysis.default_metric, analysis.default_mode,
+                  baseline=load_baseline(str(results.experiment_path)))
     return 0 if not results.errors else 1
 
 
