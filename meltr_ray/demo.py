@@ -2,7 +2,7 @@
 
 ``prepare_demo_data(root)`` writes synthetic H.264 clips of one moving coloured shape whose captions name its
 shape, colour and direction (:func:`meltr_ray.data.synthetic.make_demo_dataset`: 60 combinations, a val
-split of 20 clips × 3 captions), ingests them into Parquet shards exactly like a real dataset
+split of 40 clips × 3 captions), ingests them into Parquet shards exactly like a real dataset
 (``meltr-ray ingest``) and trains a WordPiece vocabulary, with a progress bar; a second call reuses what is
 there. ``demo_config()`` is the ``violet_demo`` recipe.
 
@@ -21,7 +21,7 @@ import os
 from .config import JobConfig
 
 DEMO_RECIPE = "violet_demo"
-DEMO_DATA_VERSION = "v2"             # a folder per layout: data of an older demo is never reused by mistake
+DEMO_DATA_VERSION = "v3"             # a folder per layout: data of an older demo is never reused by mistake
 TRAIN_PER_COMBINATION = 4            # train clips of each (shape, colour, direction): 240 clips, ~480 captions
 CLIP_FRAMES, CLIP_SIZE = 16, 32         # 32 px: one visual token per frame for violet_tiny
 

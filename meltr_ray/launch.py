@@ -66,7 +66,8 @@ def _job_kwargs(args) -> dict:
 def tune_arguments(p: argparse.ArgumentParser, task: str | None = "retrieval") -> None:
     job_arguments(p, task)
     p.add_argument("--space", help="search-space YAML path or name in tune_spaces/ (default: backbone/task)")
-    p.add_argument("--num-samples", type=int, help="number of trials (default: the space file's)")
+    p.add_argument("--num-samples", type=int,
+                   help="number of searched trials (default: the space file's; its baseline trial is one more)")
     p.add_argument("--searcher", choices=["hyperopt", "random"], help="hyperopt = TPE (default), random = smoke")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--restore", metavar="EXPERIMENT", help="finish an interrupted experiment (storage/name)")
@@ -175,7 +176,8 @@ class _NotForDemo(argparse.Action):
 
 def demo_arguments(p: argparse.ArgumentParser) -> None:
     """The options the demo uses: how many trials, how long, where results go, which Ray."""
-    p.add_argument("--num-samples", type=int, help="number of trials (default: tune_spaces/demo.yaml's)")
+    p.add_argument("--num-samples", type=int,
+                   help="number of MELTR trials (default: tune_spaces/demo.yaml's 3), besides the MTL one")
     p.add_argument("--epochs", type=int)
     p.add_argument("--searcher", choices=["hyperopt", "random"], help="hyperopt = TPE (default), random = smoke")
     p.add_argument("--seed", type=int, default=0)

@@ -28,8 +28,8 @@ def test_val_split_has_at_least_50_queries_each_with_one_right_clip(demo_raw):
     _, lines, _ = demo_raw
     val = [line for line in lines if line["split"] == "val"]
     assert sum(len(line["text"]) for line in val) >= 50           # R@1 moves in steps of ≤ 2 points
-    # no two val clips share colour and direction: a caption's right clip is the only one that fits it
-    assert len({(line["colour"], line["direction"]) for line in val}) == len(val)
+    # no two val clips share shape, colour and direction: a caption's right clip is the only one that fits it
+    assert len({(line["shape"], line["colour"], line["direction"]) for line in val}) == len(val)
 
 
 def test_train_split_covers_every_shape_colour_and_direction(demo_raw):

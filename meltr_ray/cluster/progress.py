@@ -15,6 +15,7 @@ from .search import is_baseline
 # labels of the searched hyperparameters, from the one table in config.py (by alias and by dotted path)
 HPARAM_LABELS = {key: f"{h.symbol} {h.alias}" for h in HYPERPARAMETERS for key in (h.alias, h.path)}
 SHORT_LABELS = {key: h.symbol for h in HYPERPARAMETERS for key in (h.alias, h.path)}
+SHORT_LABELS["meltr.combiner"] = "combiner"                # the baseline's key (MTL or MELTR)
 
 
 def _fmt(value) -> str:
