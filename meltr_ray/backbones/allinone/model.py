@@ -17,7 +17,6 @@ load strictly: neither loss reads it. Bad input raises ``ValueError`` naming the
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +24,7 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings
 
+from .._contract import evaluating, in_order, replace_config, wanted_losses
 from .._spec import IMAGENET_MEAN, IMAGENET_STD
 from . import tasks as tasks_mod
 from .vit import VideoTransformer
@@ -69,12 +69,7 @@ class AllInOneConfig:
 
 def config_with_overrides(base: AllInOneConfig, overrides: dict) -> AllInOneConfig:
     """``base`` with fields replaced; unknown names raise ``ValueError`` naming them."""
-    fields = {f.name for f in dataclasses.fields(AllInOneConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown All-in-one override(s) {unknown}; known: {sorted(fields)}")
-    tuples = {k: tuple(v) for k, v in overrides.items() if isinstance(getattr(base, k), tuple)}
-    return dataclasses.replace(base, **{**overrides, **tuples}).validate()
+    return replace_config(base, overrides, "All-in-one")
 
 
 class MLMHead(nn.Module):
@@ -212,23 +207,15 @@ class AllInOne(nn.Module):
     # ---- the contract -------------------------------------------------------------------------------------
     def forward(self, batch: dict, tasks=None) -> dict:
         """{loss name: scalar} for ``tasks`` (default both, in MELTR order [vtm, mlm])."""
-        wanted = self.task_names if tasks is None else list(tasks)
-        unknown = [t for t in wanted if t not in self.task_names]
-        if unknown:
-            raise ValueError(f"unknown loss(es) {unknown} for All-in-one task {self.task!r}; "
-                             f"its losses are {self.task_names}")
+        wanted = wanted_losses(self, tasks, "All-in-one")
         losses = tasks_mod.retrieval_losses(self, batch, set(wanted))
-        return {name: losses[name] for name in self.task_names if name in wanted}
+        return in_order(self, losses, wanted)
 
     @torch.no_grad()
     def evaluate(self, batches) -> dict:
         """Text→video R@1/5/10, MedR, MnR over every batch (eval mode, the frames the batches hold)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             return tasks_mod.evaluate_retrieval(self, batches)
-        finally:
-            self.train(was_training)
 
 
 # ---- variants ------------------------------------------------------------------------------------------------

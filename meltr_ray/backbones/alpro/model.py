@@ -13,7 +13,6 @@ checkpoint layout in :mod:`.checkpoint`. Bad input raises ``ValueError`` naming 
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +20,7 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertModel, BertOnlyMLMHead
 
+from .._contract import evaluating, in_order, replace_config, wanted_losses
 from .._layers import additive_key_mask
 from . import tasks as tasks_mod
 from .timesformer import VisualEncoder
@@ -74,12 +74,7 @@ class AlproConfig:
 
 def config_with_overrides(base: AlproConfig, overrides: dict) -> AlproConfig:
     """``base`` with fields replaced; unknown names raise ``ValueError`` naming them."""
-    fields = {f.name for f in dataclasses.fields(AlproConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown ALPRO override(s) {unknown}; known: {sorted(fields)}")
-    tuples = {k: tuple(v) for k, v in overrides.items() if isinstance(getattr(base, k), tuple)}
-    return dataclasses.replace(base, **{**overrides, **tuples}).validate()
+    return replace_config(base, overrides, "ALPRO")
 
 
 def bert_config(cfg: AlproConfig) -> BertConfig:
@@ -192,23 +187,15 @@ class Alpro(nn.Module):
     # ---- the contract -------------------------------------------------------------------------------------
     def forward(self, batch: dict, tasks=None) -> dict:
         """{loss name: scalar} for ``tasks`` (default all, in MELTR order, the QA loss first)."""
-        wanted = self.task_names if tasks is None else list(tasks)
-        unknown = [t for t in wanted if t not in self.task_names]
-        if unknown:
-            raise ValueError(f"unknown loss(es) {unknown} for ALPRO task {self.task!r}; "
-                             f"its losses are {self.task_names}")
+        wanted = wanted_losses(self, tasks, "ALPRO")
         losses = tasks_mod.qa_losses(self, batch, set(wanted))
-        return {name: losses[name] for name in self.task_names if name in wanted}
+        return in_order(self, losses, wanted)
 
     @torch.no_grad()
     def evaluate(self, batches) -> dict:
         """QA accuracy (percent) over every example; an answer outside the vocabulary counts as wrong."""
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             return tasks_mod.evaluate_qa(self, batches)
-        finally:
-            self.train(was_training)
 
 
 # ---- variants ------------------------------------------------------------------------------------------------
