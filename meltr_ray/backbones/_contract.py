@@ -51,3 +51,26 @@ def evaluating(model):
         yield model
     finally:
         model.train(was_training)
+
+
+def check_frames(frames, family: str):
+    """``frames`` as a uint8/float tensor of shape (B, T, H, W, 3); ``ValueError`` naming the shape otherwise."""
+    import torch
+    frames = torch.as_tensor(frames)
+    if frames.dim() != 5 or frames.shape[-1] != 3:
+        raise ValueError(f"{family}: frames must be (B, T, H, W, 3) RGB, got shape {tuple(frames.shape)}")
+    return frames
+
+
+def check_text_ids(ids, max_len: int, vocab_size: int, table: str, dims: int = 2):
+    """Token ids checked against the position table (``table``, ``max_len`` rows) and the vocabulary."""
+    import torch
+    ids = torch.as_tensor(ids)
+    if ids.dim() != dims:
+        raise ValueError(f"text_ids must have {dims} dimensions, got shape {tuple(ids.shape)}")
+    if ids.shape[-1] > max_len:
+        raise ValueError(f"text length {ids.shape[-1]} is longer than {table} ({max_len} rows, max_text_len)")
+    if ids.numel() and (int(ids.max()) >= vocab_size or int(ids.min()) < 0):
+        raise ValueError(f"text ids must lie in [0, {vocab_size}) (vocab_size), got ids in "
+                         f"[{int(ids.min())}, {int(ids.max())}]")
+    return ids

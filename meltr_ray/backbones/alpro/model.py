@@ -20,7 +20,8 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertModel, BertOnlyMLMHead
 
-from .._contract import evaluating, in_order, replace_config, wanted_losses
+from .._contract import (check_frames, check_text_ids, evaluating, in_order, replace_config,
+                         wanted_losses)
 from .._layers import additive_key_mask
 from . import tasks as tasks_mod
 from .timesformer import VisualEncoder
@@ -143,9 +144,7 @@ class Alpro(nn.Module):
     # ---- inputs -------------------------------------------------------------------------------------------
     def frames(self, frames) -> torch.Tensor:
         """uint8 (B, T, H, W, 3) RGB → normalised float (B, T, 3, H, W), after checking the geometry."""
-        frames = torch.as_tensor(frames)
-        if frames.dim() != 5 or frames.shape[-1] != 3:
-            raise ValueError(f"frames must be (B, T, H, W, 3) RGB, got shape {tuple(frames.shape)}")
+        frames = check_frames(frames, "ALPRO")
         t, h, w = frames.shape[1:4]
         model = self.visual_encoder.model
         if t > model.time_embed.shape[1]:
@@ -159,15 +158,8 @@ class Alpro(nn.Module):
         return (x - self.mean) / self.std
 
     def text(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask = torch.as_tensor(batch["text_ids"]), torch.as_tensor(batch["text_mask"])
-        if ids.dim() != 2:
-            raise ValueError(f"text_ids must be (B, L) for ALPRO, got shape {tuple(ids.shape)}")
-        if ids.shape[1] > self.cfg.max_text_len:
-            raise ValueError(f"text length {ids.shape[1]} is longer than the position table "
-                             f"({self.cfg.max_text_len} rows, max_text_len)")
-        if ids.numel() and (int(ids.max()) >= self.cfg.vocab_size or int(ids.min()) < 0):
-            raise ValueError(f"text ids must lie in [0, {self.cfg.vocab_size}) (vocab_size), got "
-                             f"[{int(ids.min())}, {int(ids.max())}]")
+        ids = check_text_ids(batch["text_ids"], self.cfg.max_text_len, self.cfg.vocab_size, "the position table")
+        mask = torch.as_tensor(batch["text_mask"])
         return ids.to(self.device), mask.to(self.device).long()
 
     # ---- encoders -----------------------------------------------------------------------------------------
