@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import converters, datasets
+from . import converters, datasets, image_formats
 from .converters import Skip
 from .legacy import encode_legacy_frames
 from .probe import ProbePool, probe_video
@@ -30,7 +30,8 @@ from .schema import SCHEMA_VERSION
 from .tokenize import build_vocab
 from .shards import plan_hash, plan_shards, row_group_rows_for, shard_row, write_planned_shard
 
-FORMATS: dict[str, Callable] = {"jsonl": converters.read_jsonl, "csv": converters.read_csv, **datasets.FORMATS}
+FORMATS: dict[str, Callable] = {"jsonl": converters.read_jsonl, "csv": converters.read_csv, **datasets.FORMATS,
+                                **image_formats.FORMATS}
 REPORT_NAME, DATASET_NAME, VOCAB_NAME = "ingest_report.json", "dataset.json", "answer_vocab.json"
 
 
@@ -177,10 +178,15 @@ def ingest(format: str = "jsonl", videos: str | None = None, annotations: str | 
     return report
 
 
+def has_file(rec: dict) -> bool:
+    """True when the record's media is a file to probe; False for features or an image carried inline."""
+    return rec.get("features") is None and rec.get("video_bytes") is None
+
+
 def _drop_missing(records: list[dict], videos: str | None, skipped: list[dict]) -> list[dict]:
     keep = []
     for rec in records:
-        if rec.get("features") is None and not os.path.isfile(os.path.join(videos or "", rec.get("video") or "")):
+        if has_file(rec) and not os.path.isfile(os.path.join(videos or "", rec.get("video") or "")):
             skipped.append({"id": rec["id"], "video": rec.get("video") or "", "reason": "missing file"})
         else:
             keep.append(rec)
@@ -231,12 +237,12 @@ def _remove_stale(out: str, plan: dict) -> None:
 
 def _probe_shards(todo: dict, videos, pool: ProbePool, bar):
     """Yield ``(shard name, rows, {row id: probe})`` as soon as every video of a shard is probed."""
-    waiting = {name: sum(1 for r in rows if r.get("features") is None) for name, rows in todo.items()}
+    waiting = {name: sum(1 for r in rows if has_file(r)) for name, rows in todo.items()}
     probes: dict[str, dict] = {name: {} for name in todo}
     by_path: dict[str, list] = collections.defaultdict(list)
     for name, rows in todo.items():
         for rec in rows:
-            if rec.get("features") is None:
+            if has_file(rec):
                 by_path[os.path.join(videos or "", rec["video"])].append((name, rec["id"]))
             else:
                 bar.advance()
@@ -255,7 +261,7 @@ def _write_one(out: str, name: str, rows: list[dict], probes: dict, videos, opti
                report: IngestReport) -> None:
     good, skipped = [], []
     for rec in rows:
-        probe = probes.get(rec["id"]) if rec.get("features") is None else None
+        probe = probes.get(rec["id"]) if has_file(rec) else None
         reason = validate_record(rec, videos, options["min_frames"], probe)
         if reason:
             skipped.append({"id": rec["id"], "video": rec.get("video") or "", "reason": reason})
@@ -286,6 +292,7 @@ def _write_metadata(out: str, records: list[dict], report: IngestReport, vocab: 
     meta = {"schema_version": SCHEMA_VERSION, "modality": "features" if feature_dim else "video",
             "splits": dict(splits), "rows": dict(rows), "items": text_item_counts(records, report),
             "vq_grid": grid, "feature_dim": feature_dim, "answer_vocab": VOCAB_NAME}
+    meta.update(image_formats.image_meta(records))        # modality "image", its size and class names
     for name, obj in ((DATASET_NAME, meta), (VOCAB_NAME, vocab), (REPORT_NAME, report.to_dict())):
         with open(os.path.join(out, name), "w") as f:
             json.dump(obj, f, indent=1)
