@@ -131,7 +131,7 @@ def ray_pipeline(shard_dir: str, vocab: str, n: int, procs: int, frames: int, si
         from meltr_ray.cluster.data import CollateSamples, build_datasets
         ray.data.DataContext.get_current().enable_progress_bars = False
         ds = build_datasets(shard_dir, splits=("train",), num_frames=frames, image_size=size, max_text_len=16,
-                            vocab_path=vocab, task="retrieval", decode_actors=procs, decode_cpus=0.5,
+                            vocab_path=vocab, items="captions", decode_actors=procs, decode_cpus=0.5,
                             decode_batch_rows=8, log_name=None)["train"]
         stamps, seen, cpu20 = [], 0, None
         for b in ds.iter_torch_batches(batch_size=batch, collate_fn=CollateSamples(), prefetch_batches=2):

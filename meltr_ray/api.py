@@ -56,13 +56,18 @@ def _default_recipe(backbone: str, task: str) -> JobConfig | None:
         return None
 
 
+def _import_plugins(plugins) -> None:
+    """Import the plugin modules first: the backbones they register must exist when the config is resolved."""
+    from .cluster.worker import import_plugins
+    import_plugins(plugins)
+
+
 def _prepare(cfg: JobConfig, demo: bool, address: str | None, plugins=(), has_factory: bool = False,
              quiet: bool = False) -> JobConfig:
     """Demo data, preflight checks that need no cluster, then Ray. Returns the config with final paths."""
     from .cluster import preflight
     from .cluster.session import ensure_ray
-    from .cluster.worker import import_plugins
-    import_plugins(plugins)
+    _import_plugins(plugins)
     storage = preflight.check_storage_path(cfg.cluster.storage_path or DEFAULT_STORAGE)
     cfg = cfg.with_overrides({"cluster.storage_path": storage})
     preflight.check_backbone(cfg)
@@ -73,15 +78,10 @@ def _prepare(cfg: JobConfig, demo: bool, address: str | None, plugins=(), has_fa
         cfg = cfg.with_overrides({"data.path": shards, "data.vocab_path": cfg.data.vocab_path or vocab,
                                   "cluster.max_concurrent_trials": cfg.cluster.max_concurrent_trials or 2})
     if cfg.data.path is not None or not has_factory:
-        preflight.check_data_path(cfg.data.path)
+        needed, optional = (None, None) if has_factory else preflight.job_splits(cfg)
+        preflight.check_data_path(cfg.data.path, needed, optional)
     ensure_ray(address, quiet=quiet)
     return cfg
-
-
-def _import_plugins(plugins) -> None:
-    from .backbones import import_plugin
-    for module in plugins or ():
-        import_plugin(module)
 
 
 def _runtime(plugins, data_factory) -> dict:
@@ -134,6 +134,7 @@ def train(backbone: str = "violet", task: str = "retrieval", data: str | None = 
     """One MELTR fine-tuning run on Ray Train; returns its ``ray.train.Result``.
 
     Re-running with the same ``name`` and ``storage_path`` resumes the run from its last checkpoint.
+    ``plugins``: modules imported here and on every worker before anything else (extra backbones).
     """
     _import_plugins(plugins)                   # plugin backbones must be registered before the config resolves
     cfg, demo = job_config(backbone, task, data, pretrained=pretrained, recipe=recipe, overrides=overrides,

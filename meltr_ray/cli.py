@@ -39,6 +39,9 @@ def ingest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-frames", type=int, default=1, help="skip videos with fewer frames (default 1)")
     p.add_argument("--probe-timeout", type=float, default=60.0, help="seconds per file before it counts as hung")
     p.add_argument("--meta-fraction", type=float, default=0.0, help="fraction of train rows moved to split 'meta'")
+    p.add_argument("--extra-split", action="append", default=[], metavar="NAME",
+                   help="accept split NAME besides train|meta|val|test (repeatable); rows of other splits are "
+                        "skipped as 'unknown split'")
     p.add_argument("--answer-vocab-size", type=int, default=1000, help="top-K open-ended answers (default 1000)")
     p.add_argument("--shard-mb", type=float, default=256, help="target shard size in MB of source (default 256)")
     p.add_argument("--row-group-rows", type=int, default=None, help="clips per row group (default: ~16 MB)")
@@ -54,14 +57,19 @@ def ingest_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_ingest(args: argparse.Namespace) -> int:
     from .data.ingest import ingest
+    from .data.probe import ProbePoolError
 
-    report = ingest(args.format, videos=args.videos, annotations=args.annotations, out=args.out,
-                    workers=args.workers, vq=args.vq, min_frames=args.min_frames,
-                    probe_timeout_s=args.probe_timeout, meta_fraction=args.meta_fraction,
-                    answer_vocab_size=args.answer_vocab_size, shard_bytes=int(args.shard_mb * 1e6),
-                    row_group_rows=args.row_group_rows, vocab_size=args.vocab_size,
-                    allow_pickle=args.allow_pickle, legacy_frames=args.legacy_frames,
-                    progress=not args.no_progress, **dict(args.opt))
+    try:
+        report = ingest(args.format, videos=args.videos, annotations=args.annotations, out=args.out,
+                        workers=args.workers, vq=args.vq, min_frames=args.min_frames,
+                        probe_timeout_s=args.probe_timeout, meta_fraction=args.meta_fraction,
+                        answer_vocab_size=args.answer_vocab_size, shard_bytes=int(args.shard_mb * 1e6),
+                        row_group_rows=args.row_group_rows, vocab_size=args.vocab_size,
+                        allow_pickle=args.allow_pickle, legacy_frames=args.legacy_frames,
+                        extra_splits=args.extra_split, progress=not args.no_progress, **dict(args.opt))
+    except ProbePoolError as exc:
+        print(f"meltr-ray ingest: error: {exc}", file=sys.stderr)
+        return 1
     if not args.no_progress:
         from rich.console import Console
         console = Console(stderr=True)
@@ -115,6 +123,65 @@ def run_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- inspect -------------------------------------------------------------------------------------------------
+def _reference(text: str):
+    if text == "observed":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'observed' or a number, got {text!r}") from None
+
+
+def inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint directory (or its state.pt), e.g. the summary's 'checkpoint'")
+    p.add_argument("--out", default="meltr_plots", help="output folder for the PNGs (default meltr_plots)")
+    p.add_argument("--tasks", nargs=2, metavar=("TASK_A", "TASK_B"), help="the two losses of the surface plot")
+    p.add_argument("--reference", type=_reference, default="observed",
+                   help="where the losses not being swept are held: 'observed' (default: each task's mean "
+                        "training loss in the checkpoint's epoch) or one number for all")
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from .plots import inspect_checkpoint
+    for path in inspect_checkpoint(args.checkpoint, args.out, tasks=args.tasks, reference=args.reference):
+        print(path)
+    return 0
+
+
+# ---- dashboard -----------------------------------------------------------------------------------------------
+GRAFANA_STEPS = """With Prometheus and Grafana installed (Ray's metrics guide), on this node:
+  ray metrics launch-prometheus
+  grafana-server --homepath /usr/share/grafana --config {temp}/session_latest/metrics/grafana/grafana.ini web
+then open http://localhost:3000 → Dashboards → Ray → MELTR."""
+
+
+def dashboard_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", nargs="?", help="Tune experiment folder (the run summary's 'experiment')")
+    p.add_argument("--host", default="127.0.0.1", help="interface TensorBoard listens on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="TensorBoard port (default 6006, else a free one)")
+    p.add_argument("--grafana", action="store_true",
+                   help="install the MELTR Grafana dashboard next to Ray's (live metrics of a running cluster)")
+    p.add_argument("--ray-temp-dir", default="/tmp/ray", help="Ray's temp dir on this node (default /tmp/ray)")
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    from . import dashboard
+    if not args.experiment and not args.grafana:
+        raise ValueError("give an experiment folder (TensorBoard of a finished search) and/or --grafana")
+    if args.grafana:
+        print(f"installed the MELTR Grafana dashboard:\n{dashboard.install_grafana_dashboard(args.ray_temp_dir)}")
+        print(GRAFANA_STEPS.format(temp=args.ray_temp_dir))
+    if not args.experiment:
+        return 0
+    port = args.port if args.port is not None else dashboard.free_port()
+    command = dashboard.tensorboard_command(args.experiment, args.host, port)
+    dashboard.require_tensorboard()
+    print(f"TensorBoard of {command[command.index('--logdir') + 1]}\n{dashboard.tensorboard_url(args.host, port)}"
+          "\n(Ctrl-C to stop)", flush=True)
+    return dashboard.serve(command)
+
+
 # ---- entry point -------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meltr-ray", description="MELTR fine-tuning of video models on Ray")
@@ -137,14 +204,16 @@ def main(argv: list[str] | None = None) -> int:
 register("ingest", ingest_arguments, run_ingest, "videos (or features) + annotations → Parquet shards")
 register("experiment", experiment_arguments, run_experiment,
          "measured experiments: `digits` = MELTR vs MTL, primary-only, fixed and linear on sklearn's digits")
+register("inspect", inspect_arguments, run_inspect,
+         "plot what MELTR learned from a checkpoint (supplementary Fig. 1 and Fig. 3)")
+register("dashboard", dashboard_arguments, run_dashboard,
+         "reopen a search's curves (TensorBoard on its experiment folder); --grafana: live MELTR panels")
 
 # ---- Ray Train / Tune layer (options and runners live in meltr_ray/launch.py) ---------------------------------
 from . import launch as _launch  # noqa: E402  (light: argparse + yaml only)
 
 register("train", _launch.job_arguments, _launch.run_train, "one MELTR fine-tuning run on Ray Train")
 register("tune", _launch.tune_arguments, _launch.run_tune, "search γ, α, β, K and meta_every with Ray Tune")
-register("inspect", _launch.inspect_arguments, _launch.run_inspect,
-         "plot what MELTR learned from a checkpoint (supplementary Fig. 1 and Fig. 3)")
 register("demo", _launch.demo_arguments, _launch.run_demo,
          "the embedded demo: synthetic videos → shards → violet_tiny search on CPU")
 

@@ -81,6 +81,7 @@ class MeltrConfig:
     embedding: str = "se_te"               # se_te | se | te (scale / task embedding)
     architecture: str = "transformer"      # transformer | linear
     init: str = "default"                  # default (PyTorch) | normal (N(0, 0.02), All-in-one style)
+    start: str = "mtl"                     # mtl (Σℓ + zero-initialised head: starts as MTL) | official
     fixed_weights: list | None = None      # combiner='fixed'
     eval_mode: bool = False                # run MELTR with dropout off (UniVL official behaviour)
 
@@ -244,6 +245,7 @@ _CHOICES = {
     "meltr.embedding": {"se_te", "se", "te"},
     "meltr.architecture": {"transformer", "linear"},
     "meltr.init": {"default", "normal"},
+    "meltr.start": {"mtl", "official"},
     "meta.reg_form": {"abs", "square"},
     "meta.convention": {"series", "inverse"},
     "meta.source": {"replay", "split", "current"},

@@ -1,4 +1,4 @@
-"""Argument parsing and output shared by ``launchers/*.py`` and the ``meltr-ray train|tune|inspect|demo`` commands.
+"""Argument parsing and output shared by ``launchers/*.py`` and the ``meltr-ray train|tune|demo`` commands.
 
 Each command is ``<name>_arguments(parser)`` + ``run_<name>(args) -> exit code`` (the CLI's convention);
 the launchers call :func:`tune_main`. Ray is imported only inside the ``run_*`` functions (through the API).
@@ -45,6 +45,9 @@ def job_arguments(p: argparse.ArgumentParser, task: str | None = "retrieval") ->
     p.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set meta.clip_norm=5 --set train.batch_size=16")
     p.add_argument("--address", help="Ray address (default: this node's cluster, else a local one)")
+    p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+                   help="module that registers extra backbones, imported here and on every worker "
+                        "(repeatable), e.g. --plugin my_pkg.my_family --backbone my_tiny")
 
 
 def _job_kwargs(args) -> dict:
@@ -54,7 +57,7 @@ def _job_kwargs(args) -> dict:
     return dict(backbone=args.backbone, task=args.task, data=args.data, pretrained=args.pretrained,
                 recipe=args.recipe, overrides=overrides, storage_path=args.storage, name=args.name,
                 epochs=args.epochs, num_workers=args.num_workers, use_gpu=False if args.cpu else None,
-                address=args.address)
+                address=args.address, plugins=args.plugins)
 
 
 def tune_arguments(p: argparse.ArgumentParser, task: str | None = "retrieval") -> None:
@@ -70,8 +73,7 @@ def tune_arguments(p: argparse.ArgumentParser, task: str | None = "retrieval") -
 def run_tune(args: argparse.Namespace) -> int:
     from rich.console import Console
     from . import api
-    from .cluster.progress import summary
-    from .cluster.session import dashboard_url
+    from .cluster.progress import print_summary
     if args.restore:
         results = api.restore(args.restore, address=args.address)
     else:
@@ -84,7 +86,7 @@ def run_tune(args: argparse.Namespace) -> int:
     metric = results._experiment_analysis.default_metric
     from .cluster.driver import JOB_KEY, RUNTIME_KEY
     params = [k for k in results[0].config if k not in (JOB_KEY, RUNTIME_KEY)]
-    console.print(summary(results, params, metric, dashboard_url()))
+    print_summary(console, results, params, metric)
     return 0 if not results.errors else 1
 
 
@@ -95,20 +97,6 @@ def run_train(args: argparse.Namespace) -> int:
     Console().print({k: v for k, v in (result.metrics or {}).items() if not k.startswith("config")})
     Console().print(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}")
     return 0 if result.error is None else 1
-
-
-def inspect_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="checkpoint directory (or its state.pt)")
-    p.add_argument("--out", default="meltr_plots", help="output folder for the PNGs")
-    p.add_argument("--tasks", nargs=2, metavar=("TASK_A", "TASK_B"), help="the two losses of the surface plot")
-    p.add_argument("--reference", type=float, default=1.0, help="value of the losses not being swept")
-
-
-def run_inspect(args: argparse.Namespace) -> int:
-    from .plots import inspect_checkpoint
-    for path in inspect_checkpoint(args.checkpoint, args.out, tasks=args.tasks, reference=args.reference):
-        print(path)
-    return 0
 
 
 def tune_main(task: str, argv=None, description: str | None = None) -> int:

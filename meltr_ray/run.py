@@ -46,7 +46,9 @@ def _check_limits(cfg: JobConfig, data) -> None:
             ("data.num_frames", cfg.data.num_frames, data.max_frames, "frames of its temporal embedding"),
             ("data.image_size", cfg.data.image_size, data.max_image_size, "pixels of its spatial embedding"),
             ("data.max_text_len", cfg.data.max_text_len, data.text_positions, "rows of its text position table")):
-        if limit is not None and data.modality != "features" and value > limit:
+        if field == "data.image_size" and data.modality == "features":
+            continue                     # pre-extracted features: no pixels, the image size is not read
+        if limit is not None and value > limit:
             raise ValueError(f"{where}: {field} = {value} is above the model's maximum {limit} ({what})")
 
 

@@ -80,7 +80,7 @@ def test_stream_delivers_right_frames_and_reports_every_bad_kind(ray_cluster, sh
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     shard_dir, bad = bad_shard_dir(shards, tmp_path)
     ds = build_datasets(shard_dir, splits=("train",), num_frames=NUM_FRAMES, image_size=SIZE, max_text_len=12,
-                        vocab_path=shards["vocab"], task="retrieval", sampling="random", decode_actors=2,
+                        vocab_path=shards["vocab"], items="captions", sampling="random", decode_actors=2,
                         min_frames=3, decoder=SlowDecoder(), decode_timeout_s=2.0, log_name="bad_rows_test1")
     seen, wrong = [], 0
     for batch in ds["train"].iter_torch_batches(batch_size=5, collate_fn=CollateSamples()):
@@ -123,7 +123,7 @@ def test_torch_trainer_two_workers_get_each_sample_once_per_epoch(ray_cluster, s
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ds = build_datasets(shards["dir"], splits=("train",), num_frames=NUM_FRAMES, image_size=SIZE,
-                        max_text_len=12, vocab_path=shards["vocab"], task="retrieval", sampling="random",
+                        max_text_len=12, vocab_path=shards["vocab"], items="captions", sampling="random",
                         decode_actors=1, log_name="bad_rows_trainer")
     trainer = TorchTrainer(train_loop, train_loop_config={"epochs": 2, "out": str(tmp_path)}, datasets=ds,
                            scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.25}),

@@ -37,9 +37,9 @@ WORLD = 2
 TIMEOUT_S = 180          # a deadlock fails the test instead of hanging it
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
-# (method, K, convention, include_direct): every combination, each in global and in local mode.
-HYPERGRAD_CASES = [dict(method=m, neumann_steps=k, convention=c, include_direct=d)
-                   for m in ("neumann", "finite_difference") for k in (0, 3)
+# (products, K, convention, include_direct): every combination, each in global and in local mode.
+HYPERGRAD_CASES = [dict(products=m, neumann_steps=k, convention=c, include_direct=d)
+                   for m in ("exact", "finite_difference") for k in (0, 3)
                    for c in ("series", "inverse") for d in (False, True)]
 
 
@@ -236,7 +236,7 @@ def hypergrad_results(rank_results):
 
 
 def _case_id(case: dict) -> str:
-    return f"{case['method']}-K{case['neumann_steps']}-{case['convention']}-direct{int(case['include_direct'])}"
+    return f"{case['products']}-K{case['neumann_steps']}-{case['convention']}-direct{int(case['include_direct'])}"
 
 
 def _flat(grads: list) -> torch.Tensor:
@@ -262,8 +262,8 @@ def test_hypergradient_references_discriminate(hypergrad_results):
     """The comparisons above are not vacuous: K=3 differs from K=0, and global differs from local mode."""
     _, refs = hypergrad_results
     index = {_case_id(c): i for i, c in enumerate(HYPERGRAD_CASES)}
-    k0 = _flat(refs["global"][index["neumann-K0-series-direct0"]])
-    k3 = _flat(refs["global"][index["neumann-K3-series-direct0"]])
+    k0 = _flat(refs["global"][index["exact-K0-series-direct0"]])
+    k3 = _flat(refs["global"][index["exact-K3-series-direct0"]])
     assert (k3 - k0).norm() > 1e-4 * k0.norm()
     for i in range(len(HYPERGRAD_CASES)):
         glob, local = _flat(refs["global"][i]), _flat(refs["local"][i])

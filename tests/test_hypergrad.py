@@ -99,10 +99,12 @@ def test_inverse_is_alpha_times_series():
     torch.testing.assert_close(inverse, 0.3 * series)
 
 
-def _meltr_problem(seed=0, dropout=0.0):
+def _meltr_problem(seed=0, dropout=0.0, start="official"):
+    """The official start by default: these tests compare against the official formula and need every φ to
+    have a mixed path at step one (the MTL start's W_o = 0 gives only W_o a first hypergradient; test_meltr)."""
     torch.manual_seed(seed)
     model = ToyMultiTask(depth=2)
-    meltr = MELTR(3, d_model=16, d_ffn=16, d_scale=8, dropout=dropout)
+    meltr = MELTR.from_preset("meltr_tiny", num_tasks=3, dropout=dropout, start=start)
     train, meta = toy_batches(2, seed=seed)
     losses = model(train)
     inner = meltr(torch.stack([losses[t] for t in model.task_names]))
@@ -154,10 +156,30 @@ def test_include_direct_reaches_parameters_without_a_mixed_path():
     torch.testing.assert_close(with_direct[index] - without[index], direct[index])
 
 
-def test_finite_difference_matches_exact_products():
+def _flat(tensors):
+    return torch.cat([t.flatten() for t in tensors])
+
+
+def _relative_error(a, b):
+    return ((_flat(a) - _flat(b)).norm() / _flat(b).norm()).item()
+
+
+def _both_methods(outer_fn, inner_fn, params, phi, seed=7, **kw):
+    """(exact, finite-difference) hypergradients, each from the same RNG state, so L_inner draws the same
+    dropout masks in both (the FD path replays that stream for every evaluation)."""
+    results = []
+    for method in ("neumann", "finite_difference"):
+        torch.manual_seed(seed)
+        outer = outer_fn()
+        inner = inner_fn() if method == "neumann" else inner_fn
+        results.append(hypergradient(outer, inner, params, phi, method=method, **kw))
+    return results
+
+
+def _toy_problem(toy_dropout=0.0, meltr_dropout=0.0):
     torch.manual_seed(0)
-    model = ToyMultiTask(depth=2)
-    meltr = MELTR(3, d_model=16, d_ffn=16, d_scale=8, dropout=0.0)
+    model = ToyMultiTask(depth=2, dropout=toy_dropout)
+    meltr = MELTR.from_preset("meltr_tiny", num_tasks=3, dropout=meltr_dropout, start="official")
     train, meta = toy_batches(2, seed=1)
 
     def inner():
@@ -166,19 +188,130 @@ def test_finite_difference_matches_exact_products():
 
     def outer():
         return model(meta, tasks=["primary"])["primary"]
+    return model.train(), meltr.train(), inner, outer
 
+
+def test_finite_difference_matches_exact_products():
+    model, meltr, inner, outer = _toy_problem()
     params, phi = list(model.parameters()), list(meltr.parameters())
     for steps in (0, 2):
-        exact = hypergradient(outer(), inner(), params, phi, neumann_steps=steps, neumann_lr=0.1)
-        fd = hypergradient(outer(), inner, params, phi, neumann_steps=steps, neumann_lr=0.1,
-                           method="finite_difference", fd_radius=1e-3)
-        exact_flat = torch.cat([e.flatten() for e in exact])
-        fd_flat = torch.cat([f.flatten() for f in fd])
-        assert ((fd_flat - exact_flat).norm() / exact_flat.norm()).item() < 1e-3
+        exact, fd = _both_methods(outer, inner, params, phi, neumann_steps=steps, neumann_lr=0.1, fd_radius=1e-3)
+        assert _relative_error(fd, exact) < 1e-3
     # w is restored bit-exactly after the perturbations
     before = [p.detach().clone() for p in params]
     hypergradient(outer(), inner, params, phi, neumann_steps=1, neumann_lr=0.1, method="finite_difference")
     assert all(torch.equal(a, b) for a, b in zip(before, params))
+
+
+def _no_replay(monkeypatch):
+    """The pre-fix behaviour: every evaluation of L_inner draws fresh dropout masks."""
+    monkeypatch.setattr(hypergrad, "_ReplayedRandomness", lambda fn, *args, **kwargs: fn)
+
+
+@pytest.mark.parametrize("replay", [True, False])
+@pytest.mark.parametrize("toy_dropout, meltr_dropout", [(0.0, 0.1), (0.1, 0.0), (0.1, 0.1)])
+@pytest.mark.parametrize("steps", [0, 2])
+def test_finite_difference_replays_dropout(monkeypatch, replay, toy_dropout, meltr_dropout, steps):
+    """Dropout on (backbone and/or MELTR, train mode): FD matches the exact products only because every
+    evaluation replays one random stream (measured 2e-7 with it, 55–1e4 without)."""
+    if not replay:
+        _no_replay(monkeypatch)
+    model, meltr, inner, outer = _toy_problem(toy_dropout, meltr_dropout)
+    exact, fd = _both_methods(outer, inner, list(model.parameters()), list(meltr.parameters()),
+                              neumann_steps=steps, neumann_lr=0.1, fd_radius=1e-3)
+    error = _relative_error(fd, exact)
+    assert (error < 1e-5) if replay else (error > 1.0), error
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_finite_difference_replays_cuda_dropout():
+    """On CUDA the dropout masks come from the device's generator: it is replayed too (not run on CPU CI)."""
+    model, meltr, _, _ = _toy_problem(0.1, 0.1)
+    model, meltr = model.cuda(), meltr.cuda()
+    train, meta = ({k: v.cuda() for k, v in b.items()} for b in toy_batches(2, seed=1))
+
+    def inner():
+        losses = model(train)
+        return meltr(torch.stack([losses[t] for t in model.task_names]))
+
+    exact, fd = _both_methods(lambda: model(meta, tasks=["primary"])["primary"], inner, list(model.parameters()),
+                              list(meltr.parameters()), neumann_steps=2, neumann_lr=0.1, fd_radius=1e-3)
+    assert _relative_error(fd, exact) < 1e-5
+
+
+def test_finite_difference_leaves_the_rng_where_one_evaluation_would():
+    model, meltr, inner, outer = _toy_problem(0.1, 0.1)
+    torch.manual_seed(3)
+    outer(), inner()
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    hypergradient(outer(), inner, list(model.parameters()), list(meltr.parameters()), neumann_steps=2,
+                  neumann_lr=0.1, method="finite_difference")
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_finite_difference_replays_extra_generators():
+    """A closure drawing its masks from a private generator (Violet's ``mask_generator``): ``generators=``."""
+    model, meltr, _, outer = _toy_problem()
+    private = torch.Generator().manual_seed(11)
+    batch = toy_batches(1, seed=4)[0]
+
+    def inner():
+        keep = (torch.rand(batch["x"].shape, generator=private) > 0.3).to(batch["x"].dtype)
+        losses = model({**batch, "x": batch["x"] * keep})
+        return meltr(torch.stack([losses[t] for t in model.task_names]))
+
+    params, phi = list(model.parameters()), list(meltr.parameters())
+    errors = {}
+    for replayed in ((private,), ()):
+        state = private.get_state()
+        exact = hypergradient(outer(), inner(), params, phi, neumann_steps=1, neumann_lr=0.1)
+        private.set_state(state)
+        fd = hypergradient(outer(), inner, params, phi, neumann_steps=1, neumann_lr=0.1,
+                           method="finite_difference", fd_radius=1e-3, generators=replayed)
+        errors[len(replayed)] = _relative_error(fd, exact)
+    assert errors[1] < 1e-5 and errors[0] > 0.1, errors
+
+
+@pytest.mark.parametrize("steps, lr", [(0, None), (1, 0.05), (3, 0.05), (3, 0.15)])
+def test_info_reports_the_neumann_correction(steps, lr):
+    """info["neumann_correction"] = ‖Σ_j v_j − (K+1)g‖ / ‖(K+1)g‖ against the closed form on a quadratic."""
+    q = Quadratic(SPECTRA["spread_0p5_10"])
+    info = {}
+    q.hypergrad(neumann_steps=steps, neumann_lr=lr, info=info)
+    g, v, p = q.g(), q.g(), q.g()
+    for _ in range(steps):
+        v = v - lr * q.A @ v
+        p = p + v
+    expected = ((p - (steps + 1) * g).norm() / ((steps + 1) * g).norm()).item()
+    assert info["neumann_correction"] == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    assert info["outer_grad_norm"] == pytest.approx(g.norm().item())
+    assert (info["neumann_correction"] == 0.0) == (steps == 0)
+
+
+def test_k_is_only_a_rescale_at_the_backbone_learning_rate():
+    """With α = 3e-5 (the backbone lr, the default Neumann step) (I − αH)^j ≈ I: the K = 3 hypergradient is
+    4× the K = 0 one, same direction, and the reported correction says so; at α = 0.1 (λ_max(H) ≈ 6.4 for
+    this toy, so αλ_max ≈ 0.64) it is not."""
+    def run(steps, lr):
+        model, meltr, inner, outer = _meltr_problem(start="mtl")
+        info = {}
+        grads = hypergradient(outer, inner, list(model.parameters()), list(meltr.parameters()),
+                              neumann_steps=steps, neumann_lr=lr, info=info)
+        return _flat(grads), info["neumann_correction"]
+
+    base, _ = run(0, None)
+    for lr, rescale in ((3e-5, True), (0.1, False)):
+        grads, correction = run(3, lr)
+        cosine = torch.nn.functional.cosine_similarity(grads, base, dim=0).item()
+        ratio = (grads.norm() / base.norm()).item()
+        if rescale:
+            assert correction < 1e-3 and cosine > 1 - 1e-6 and ratio == pytest.approx(4.0, rel=1e-3)
+        else:
+            # p is 29 % off (K+1)g; the hypergradient's norm is 2.9×, not 4×, the K = 0 one (its direction
+            # stays within cosine 0.999 on this toy: only W_o has a mixed path at the MTL start)
+            assert correction > 0.1 and abs(ratio - 4.0) > 0.4, (correction, ratio)
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])

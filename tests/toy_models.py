@@ -9,10 +9,11 @@ class ToyMultiTask(nn.Module):
     """A shared trunk with one linear head per task; each task's loss is a mean-squared error.
 
     ``batch = {"x": (B, D), "y_<task>": (B,)}``. Task order = MELTR input order; the first is primary.
+    ``dropout`` > 0 drops trunk features in train mode (a random forward, for the finite-difference tests).
     """
 
     def __init__(self, in_dim: int = 8, hidden: int = 16, tasks=("primary", "helpful", "harmful"),
-                 depth: int = 1):
+                 depth: int = 1, dropout: float = 0.0):
         super().__init__()
         self.task_names = list(tasks)
         self.primary_task = self.task_names[0]
@@ -20,11 +21,12 @@ class ToyMultiTask(nn.Module):
         for i in range(depth):
             layers += [nn.Linear(in_dim if i == 0 else hidden, hidden), nn.Tanh()]
         self.trunk = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
         self.heads = nn.ModuleDict({t: nn.Linear(hidden, 1) for t in self.task_names})
         self.default_meta_scope = ["heads.*", f"trunk.{2 * (depth - 1)}.*"]
 
     def forward(self, batch, tasks=None):
-        h = self.trunk(batch["x"])
+        h = self.dropout(self.trunk(batch["x"]))
         names = self.task_names if tasks is None else tasks
         return {t: (self.heads[t](h).squeeze(-1) - batch[f"y_{t}"]).pow(2).mean() for t in names}
 

@@ -110,7 +110,9 @@ def resolve_name(backbone: str, size: str = "base") -> str:
     if candidate in _SPECS:
         return candidate
     family = [n for n, s in sorted(_SPECS.items()) if s.family == backbone]
-    return family[0] if family else backbone
+    if family:
+        return family[0]
+    return backbone if "_" in backbone else candidate       # unknown: the error names the variant looked for
 
 
 def get_spec(name: str) -> BackboneSpec:

@@ -12,6 +12,7 @@ hyperparameters, so any searcher sees only the search space and results stay rea
 from __future__ import annotations
 
 import json
+import logging
 
 import ray.train
 import ray.train.torch
@@ -24,6 +25,7 @@ from .monitor import SkippedRowsHook
 from .worker import TrialData, import_plugins, load_factory, train_loop_per_worker
 
 JOB_KEY, RUNTIME_KEY = "meltr_job", "meltr_runtime"
+logger = logging.getLogger(__name__)
 
 
 def worker_resources(cfg: JobConfig) -> dict:
@@ -44,12 +46,22 @@ def scaling_config(cfg: JobConfig) -> ray.train.ScalingConfig:
                                    resources_per_worker=resources if cfg.cluster.num_workers else None)
 
 
+def checkpoint_config(cfg: JobConfig) -> ray.train.CheckpointConfig:
+    """Keep the last ``cluster.checkpoints_to_keep`` checkpoints (``None``: all). A resume whose latest
+    checkpoint is damaged falls back to the previous one, so fewer than 2 is warned about."""
+    keep = cfg.cluster.checkpoints_to_keep
+    if keep is not None and keep < 2:
+        logger.warning("cluster.checkpoints_to_keep=%s: a damaged latest checkpoint leaves no earlier one to "
+                       "resume from (keep 2 or more)", keep)
+    return ray.train.CheckpointConfig(num_to_keep=keep)
+
+
 def train_run_config(cfg: JobConfig, name: str, storage_path: str, callbacks=()) -> ray.train.RunConfig:
     """Train-level RunConfig: checkpoint retention and worker-group failure handling (the lower level)."""
     c = cfg.cluster
     return ray.train.RunConfig(
         name=name, storage_path=storage_path, callbacks=list(callbacks),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=c.checkpoints_to_keep),
+        checkpoint_config=checkpoint_config(cfg),
         failure_config=ray.train.FailureConfig(max_failures=c.max_failures,
                                                controller_failure_limit=c.controller_failure_limit))
 

@@ -1,8 +1,8 @@
 """Dashboard metrics: ``ray.util.metrics`` gauges and counters tagged by trial.
 
 What a user wants to watch while MELTR trains, exported by every node's metrics agent in Prometheus format
-(``http://<node>:<metrics_export_port>/metrics``, names prefixed ``ray_``) and shown by the Ray dashboard's
-Grafana panels:
+(``http://<node>:<metrics_export_port>/metrics``, names prefixed ``ray_``, counters suffixed ``_total``) and
+charted by the packaged Grafana dashboard:
 
 =========================================  ======================  ===========================================
 metric                                     tags                    meaning
@@ -16,50 +16,80 @@ metric                                     tags                    meaning
 ``meltr_skipped_rows`` (counter)           trial                   undecodable rows dropped (once per epoch)
 =========================================  ======================  ===========================================
 
-Only rank 0 sets them (every rank sees the same φ, so the weights are the same everywhere).
+Only rank 0 sets them (every rank sees the same φ, so the weights are the same everywhere). :data:`METRICS`
+is the table above in code; the packaged Grafana dashboard ``grafana/meltr_dashboard.json`` charts each of them
+(``meltr-ray dashboard --grafana`` installs it next to Ray's own dashboards).
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from ray.util import metrics as ray_metrics
 
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One dashboard metric: ``name`` as registered, its kind, description and tag keys."""
+    name: str
+    kind: str                  # "gauge" | "counter"
+    description: str
+    tags: tuple
+
+    @property
+    def exported_name(self) -> str:
+        """The name Prometheus scrapes (and Grafana queries): ``ray_`` prefix, counters end in ``_total``."""
+        return f"ray_{self.name}" + ("_total" if self.kind == "counter" else "")
+
+
+METRICS = {spec.name: spec for spec in (
+    MetricSpec("meltr_task_weight", "gauge", "dMELTR/dloss_t per task", ("trial", "task")),
+    MetricSpec("meltr_task_loss", "gauge", "task loss on the last batch", ("trial", "task")),
+    MetricSpec("meltr_train_loss", "gauge", "MELTR-combined training loss", ("trial",)),
+    MetricSpec("meltr_meta_grad_norm", "gauge", "hypergradient norm", ("trial",)),
+    MetricSpec("meltr_clips_per_second", "gauge", "training clips per second", ("trial",)),
+    MetricSpec("meltr_inner_steps", "counter", "inner steps", ("trial",)),
+    MetricSpec("meltr_skipped_rows", "counter", "rows dropped by the data pipeline", ("trial",)),
+)}
+
 _METRICS: dict = {}
+_KINDS = {"gauge": ray_metrics.Gauge, "counter": ray_metrics.Counter}
 
 
-def _metric(kind, name: str, description: str, tag_keys: tuple):
+def _metric(name: str):
     """One metric object per process and name (Ray rejects a second registration with other tags)."""
     if name not in _METRICS:
-        _METRICS[name] = kind(name, description=description, tag_keys=tag_keys)
+        spec = METRICS[name]
+        _METRICS[name] = _KINDS[spec.kind](name, description=spec.description, tag_keys=spec.tags)
     return _METRICS[name]
 
 
 def task_weight_gauge():
-    return _metric(ray_metrics.Gauge, "meltr_task_weight", "dMELTR/dloss_t per task", ("trial", "task"))
+    return _metric("meltr_task_weight")
 
 
 def task_loss_gauge():
-    return _metric(ray_metrics.Gauge, "meltr_task_loss", "task loss on the last batch", ("trial", "task"))
+    return _metric("meltr_task_loss")
 
 
 def train_loss_gauge():
-    return _metric(ray_metrics.Gauge, "meltr_train_loss", "MELTR-combined training loss", ("trial",))
+    return _metric("meltr_train_loss")
 
 
 def meta_grad_norm_gauge():
-    return _metric(ray_metrics.Gauge, "meltr_meta_grad_norm", "hypergradient norm", ("trial",))
+    return _metric("meltr_meta_grad_norm")
 
 
 def clips_per_second_gauge():
-    return _metric(ray_metrics.Gauge, "meltr_clips_per_second", "training clips per second", ("trial",))
+    return _metric("meltr_clips_per_second")
 
 
 def inner_steps_counter():
-    return _metric(ray_metrics.Counter, "meltr_inner_steps", "inner steps", ("trial",))
+    return _metric("meltr_inner_steps")
 
 
 def skipped_rows_counter():
-    return _metric(ray_metrics.Counter, "meltr_skipped_rows", "rows dropped by the data pipeline", ("trial",))
+    return _metric("meltr_skipped_rows")
 
 
 class SkippedRowsHook:

@@ -1,8 +1,9 @@
 """Checks that run before any trial starts, so bad input fails in seconds with an error naming the problem.
 
-An unknown backbone or task, a pretrained file that is not there, a data path with no Parquet shards, a
-storage path that cannot be written, or a trial that asks for more GPUs than any node of the cluster has
-(including node types the autoscaler may still add) all raise ``ValueError`` here — instead of a trial that
+An unknown backbone or task, a pretrained file that is not there, a data path with no Parquet shards (or an
+unfinished, stale or other-version ingest, or no rows for a split the job needs), a storage path that cannot
+be written, or a trial that asks for more GPUs than any node of the cluster has (including node types the
+autoscaler may still add) all raise ``ValueError`` here — instead of a trial that
 errors minutes later or a placement group that waits forever.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import yaml
 
 from ..backbones import create_backbone, list_backbones
 from ..config import JobConfig
+from ..data.dataset_dir import check_dataset, holds_ingest_output
 
 # The autoscaler writes the cluster config here on the head node (``ray up``).
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()
@@ -50,10 +52,41 @@ def _build_cheaply(name: str, task: str, overrides: dict):
         return create_backbone(name, task=task, **overrides)
 
 
-def check_data_path(path: str | None) -> None:
-    """The data path must hold Parquet shards (``*.parquet``, searched recursively)."""
+def job_splits(cfg: JobConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """``(needed, optional)`` splits of the default Parquet pipeline, each mapped to the config key naming it:
+    the train split (and the meta split with ``meta.source='split'``) must have rows; without rows in the
+    validation split the run has no metric, which only warns."""
+    needed = {cfg.data.train_split: "data.train_split"}
+    if cfg.meta.source == "split" and cfg.data.meta_split:
+        needed[cfg.data.meta_split] = "data.meta_split"
+    optional = {cfg.data.val_split: "data.val_split"} if cfg.data.val_split not in needed else {}
+    return needed, optional
+
+
+def check_data_path(path: str | None, splits: dict[str, str] | None = None,
+                    optional_splits: dict[str, str] | None = None) -> None:
+    """The data path must hold Parquet shards (``*.parquet``, searched recursively).
+
+    With ``splits`` (the default pipeline, which reads ``dataset.json``; see :func:`job_splits`) it must also
+    be a finished ingest: ``dataset.json`` present and complete, its schema version supported, every listed
+    shard there, one shard footer in the schema, and every split in ``splits`` non-empty
+    (:func:`meltr_ray.data.dataset_dir.check_dataset`). Without ``splits`` (a custom data factory) the same
+    checks run only when the folder holds ingest output. ``optional_splits`` that are empty only warn.
+    """
     if path is None:
         return
+    _check_has_parquet(path)
+    if splits is None and not holds_ingest_output(path):
+        return
+    meta = check_dataset(path, splits or {})
+    rows = meta.get("rows") or {}
+    for split, key in (optional_splits or {}).items():
+        if not rows.get(split):
+            warnings.warn(f"data path {path!r} has no rows for split {split!r} ({key}): the run has no "
+                          "validation metric", stacklevel=2)
+
+
+def _check_has_parquet(path: str) -> None:
     if "://" in path:
         import pyarrow.fs as pafs
         fs, root = pafs.FileSystem.from_uri(path)

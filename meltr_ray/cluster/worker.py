@@ -13,24 +13,31 @@ Every Train worker (one DDP rank) runs :func:`train_loop_per_worker`:
    optimizers and schedulers, buffer, counters, RNG, config) to a temporary directory and attaches it as a
    ``ray.train.Checkpoint``; **every** rank calls ``ray.train.report`` (it is a barrier);
 5. on (re)start it resumes from ``ray.train.get_checkpoint()`` — after a worker crash, a trial restart or a
-   ``Tuner.restore`` — at the epoch after the checkpoint, with every state restored.
+   ``Tuner.restore`` — at the epoch after the checkpoint, with every state restored; a checkpoint that fails
+   its manifests is logged and the run's previous one is used (:func:`resume_state`).
 """
 from __future__ import annotations
 
 import importlib
+import logging
+import posixpath
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from typing import Callable
 
 import ray.train
+import ray.train.collective
 import ray.train.torch
 import torch
 
-from ..core.checkpoint import load_checkpoint, save_checkpoint
+from ..core.checkpoint import DamagedCheckpointError, load_checkpoint, save_checkpoint, verify_checkpoint
 from ..config import JobConfig
 from ..run import build_run
 from .monitor import StepMonitor
+
+logger = logging.getLogger(__name__)
+COMMITTED_LIST_TIMEOUT_S = 60       # waiting for Train to register in-flight reports (none at an attempt's start)
 
 
 @dataclass
@@ -50,9 +57,11 @@ class TrialData:
 
 
 def import_plugins(modules) -> None:
-    """Import modules that register extra backbones or data sources (they must be importable on workers)."""
-    for name in modules or ():
-        importlib.import_module(name)
+    """Import modules that register extra backbones or data sources (they must be importable on workers);
+    ``ValueError`` names a module that cannot be imported (:func:`meltr_ray.backbones.import_plugin`)."""
+    from ..backbones import import_plugin
+    for name in [modules] if isinstance(modules, str) else modules or ():
+        import_plugin(name)
 
 
 def load_factory(spec: str) -> Callable:
@@ -66,31 +75,47 @@ def load_factory(spec: str) -> Callable:
 class RayCheckpointIO:
     """``save``/``report`` callables for :func:`meltr_ray.core.loop.fit` bound to Ray Train.
 
-    Rank 0 writes the state to a temporary directory that lives until ``report`` returned (in SYNC upload mode
-    Ray has copied it to the run's storage by then), then deletes it.
+    Every rank writes its part to a temporary directory that lives until ``report`` returned (in SYNC upload
+    mode Ray has copied it to the run's storage by then), then deletes it.
     """
 
     def __init__(self, rank: int, task_names, start_epoch: int):
         self.rank, self.task_names, self.start_epoch = rank, list(task_names), start_epoch
         self.tmpdir: str | None = None
+        self.committed_names: set[str] | None = None       # checkpoint directories Train held at our start
 
     def save(self, state: dict, epoch: int):
         """Rank 0 writes the full state; every rank writes its own replay buffer and RNG states
         (``rank_<r>.pt``, merged by Ray into the same checkpoint directory), so that a multi-worker resume
-        gives each rank back *its* buffer and random streams."""
+        gives each rank back *its* buffer and random streams. Each rank's manifest lists its own files."""
         self.tmpdir = tempfile.mkdtemp(prefix="meltr_ckpt_")
-        save_checkpoint({**state, "task_names": self.task_names}, self.tmpdir, rank=self.rank)
+        save_checkpoint({**state, "task_names": self.task_names}, self.tmpdir, rank=self.rank,
+                        world_size=ray.train.get_context().get_world_size())
         return ray.train.Checkpoint.from_directory(self.tmpdir)
 
     def report(self, metrics: dict, handle) -> None:
         metrics = {**metrics, "attempt_start_epoch": self.start_epoch}
         try:
-            ray.train.report(metrics, checkpoint=handle,
-                             checkpoint_dir_name=f"epoch_{int(metrics['epoch']):03d}")
+            ray.train.report(metrics, checkpoint=handle, checkpoint_dir_name=self.dir_name(int(metrics["epoch"])))
         finally:
             if self.tmpdir is not None:
                 shutil.rmtree(self.tmpdir, ignore_errors=True)
                 self.tmpdir = None
+
+    def dir_name(self, epoch: int) -> str:
+        """``epoch_NNN``; ``epoch_NNN-<k>`` when a checkpoint Train still holds has that name — an epoch redone
+        after resuming from an earlier checkpoint than a damaged latest one. Train deletes old checkpoints by
+        directory, so two entries sharing one would delete the new files with the old entry.
+
+        Every rank computes the same name: the committed list is read once, before this attempt's first report
+        (no rank's report can commit before all ranks have reported)."""
+        if self.committed_names is None:
+            self.committed_names = {_dir_basename(c) for c in committed_checkpoints()}
+        name, k = f"epoch_{epoch:03d}", 1
+        while name in self.committed_names:
+            k += 1
+            name = f"epoch_{epoch:03d}-{k}"
+        return name
 
 
 def split_batches(data_config: dict, split: str, batch_size: int, rank: int, world_size: int,
@@ -116,13 +141,80 @@ def split_batches(data_config: dict, split: str, batch_size: int, rank: int, wor
     return None
 
 
+def committed_checkpoints() -> list:
+    """The checkpoints Train holds for this run (``cluster.checkpoints_to_keep``), oldest first."""
+    reported = ray.train.get_all_reported_checkpoints(
+        consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=COMMITTED_LIST_TIMEOUT_S)
+    return [r.checkpoint for r in reported]
+
+
+def _dir_basename(checkpoint) -> str:
+    return posixpath.basename(checkpoint.path.rstrip("/"))
+
+
+def resume_candidates(latest) -> list:
+    """Newest first: ``latest`` (what Train hands a restarted worker group), then the run's earlier committed
+    checkpoints. Train's list, not a listing of the run folder: a folder there may be a crashed attempt's
+    uncommitted (newer, possibly partial) upload."""
+    earlier = [c for c in reversed(committed_checkpoints()) if _dir_basename(c) != _dir_basename(latest)]
+    return [latest, *earlier]
+
+
+def first_intact(checkpoints):
+    """The first checkpoint whose files all match their manifests; each damaged one is logged with its path.
+
+    Raises :class:`DamagedCheckpointError` naming every checkpoint and file tried when none is intact (one
+    short line per bad file: Train shows the first and last 500 characters of a worker's error).
+    """
+    problems, tried = [], 0
+    for tried, checkpoint in enumerate(checkpoints, 1):
+        try:
+            with checkpoint.as_directory() as directory:
+                verify_checkpoint(directory)
+            return checkpoint
+        except (DamagedCheckpointError, OSError) as error:
+            logger.warning("checkpoint %s fails verification, trying an earlier one: %s", checkpoint.path, error)
+            found = getattr(error, "problems", [str(error)])
+            where = "" if all(checkpoint.path in p for p in found) else f"{checkpoint.path}: "   # remote: a copy
+            problems += [where + p for p in found]
+    raise DamagedCheckpointError(f"no intact checkpoint to resume from; tried {tried}:\n  - "
+                                 + "\n  - ".join(problems), problems)
+
+
+def agreed_checkpoint(latest, rank: int):
+    """The checkpoint every rank resumes from: rank 0 verifies the candidates and broadcasts its choice (all
+    ranks must restart at the same epoch)."""
+    choice, error = None, None
+    if rank == 0:
+        try:
+            choice = _dir_basename(first_intact(resume_candidates(latest)))
+        except DamagedCheckpointError as exc:
+            error = exc
+    choice = ray.train.collective.broadcast_from_rank_zero(choice)
+    if error is not None:
+        raise error
+    if choice is None:
+        raise DamagedCheckpointError("rank 0 found no intact checkpoint to resume from (its error lists every "
+                                     "file tried)")
+    if choice == _dir_basename(latest):
+        return latest
+    return ray.train.Checkpoint(path=posixpath.join(posixpath.dirname(latest.path.rstrip("/")), choice),
+                                filesystem=latest.filesystem)
+
+
 def resume_state(device) -> dict | None:
-    """The full training state from the run's latest committed checkpoint, or ``None`` on a fresh start."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    """The full training state from the run's newest *intact* checkpoint, or ``None`` on a fresh start.
+
+    Train hands a restarted worker group its latest committed checkpoint; when that one fails verification
+    (truncated, bit-flipped, a file or rank part missing) the run falls back through its earlier ones.
+    """
+    latest = ray.train.get_checkpoint()
+    if latest is None:
         return None
-    with checkpoint.as_directory() as directory:
-        return load_checkpoint(directory, map_location=device, rank=ray.train.get_context().get_world_rank())
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    with agreed_checkpoint(latest, rank).as_directory() as directory:
+        return load_checkpoint(directory, map_location=device, rank=rank, world_size=world)
 
 
 def build_models(cfg: JobConfig, device, steps_per_epoch: int | None):

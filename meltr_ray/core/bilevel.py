@@ -143,15 +143,19 @@ class BilevelTrainer(BilevelState):
             self.backbone_scheduler.step()
 
     def _hypergradient(self, outer, inner: Forward, reg_batch) -> list:
-        meta = self.cfg.meta
+        """The φ-gradient; its diagnostics (the Neumann correction, ‖g‖) go to ``self.last_hypergrad_info``."""
+        meta, self.last_hypergrad_info = self.cfg.meta, {}
         closure = lambda: self.forward(self.model, reg_batch, average=meta.global_hypergrad).total  # noqa: E731
+        generator = getattr(self.model, "mask_generator", None)       # a backbone's private masking stream
         return list(hypergradient(
             outer, closure if meta.products == "finite_difference" else inner.total, self.scope_params,
             self.meta_params, neumann_steps=int(meta.neumann_steps),
             neumann_lr=meta.neumann_lr if meta.neumann_lr is not None else self.cfg.optim.backbone_lr,
             convention=meta.convention, include_direct=meta.include_direct, inverse=meta.inverse,
             products=meta.products, fd_radius=meta.fd_radius,
-            reduce=dist_utils.all_reduce_mean if meta.global_hypergrad else None))
+            reduce=dist_utils.all_reduce_mean if meta.global_hypergrad else None,
+            generators=[generator] if isinstance(generator, torch.Generator) else (),
+            info=self.last_hypergrad_info))
 
     def _update_meltr(self, grads, outer, primary) -> dict:
         """Average the hypergradient across ranks as one flat vector, skip it if non-finite, clip, step MELTR."""
@@ -172,8 +176,11 @@ class BilevelTrainer(BilevelState):
         self.meltr_optimizer.zero_grad(set_to_none=True)
         self.counters.meta_steps += 1
         self.counters.meta_fail_run = 0
+        info = getattr(self, "last_hypergrad_info", {})
         return {"meta_grad_norm": norm, "meta_outer_loss": float(outer.detach()),
-                "meta_primary_loss": float(primary.detach())}
+                "meta_primary_loss": float(primary.detach()),
+                # ‖Σ_j v_j − (K+1)g‖ / ‖(K+1)g‖: near 0 means K only rescales the K = 0 hypergradient
+                "meta_neumann_correction": info.get("neumann_correction", 0.0)}
 
     def _inner_metrics(self, fwd: Forward) -> dict:
         """Losses every step; the task weights ∂MELTR/∂ℓ_t (an extra autograd call) only on logged steps."""

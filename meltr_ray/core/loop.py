@@ -87,18 +87,26 @@ def local_saver(directory) -> Callable:
 
 
 class _EpochMeter:
-    """Means of the step metrics over an epoch (skipped-step counts are summed)."""
+    """Means of the step metrics over an epoch (skipped-step counts are summed), and each loss's range."""
 
     def __init__(self):
-        self.sums, self.counts = {}, {}
+        self.sums, self.counts, self.lows, self.highs = {}, {}, {}, {}
 
     def add(self, metrics: dict) -> None:
         for key, value in metrics.items():
             self.sums[key] = self.sums.get(key, 0.0) + value
             self.counts[key] = self.counts.get(key, 0) + 1
+            self.lows[key] = min(self.lows.get(key, value), value)
+            self.highs[key] = max(self.highs.get(key, value), value)
 
     def means(self) -> dict:
         return {k: (v if k.startswith("skipped") else v / self.counts[k]) for k, v in self.sums.items()}
+
+    def loss_ranges(self) -> dict:
+        """``{task: {"min", "mean", "max"}}`` of ℓ_t over this epoch's steps on this rank: the loss values MELTR
+        actually saw, which the task-weight plot marks (``meltr-ray inspect``)."""
+        return {k[len("loss_"):]: {"min": self.lows[k], "mean": self.sums[k] / self.counts[k], "max": self.highs[k]}
+                for k in self.sums if k.startswith("loss_")}
 
 
 def fit(model, combiner, cfg, train_batches: Callable[[int], Iterable], *,
@@ -145,7 +153,8 @@ def fit(model, combiner, cfg, train_batches: Callable[[int], Iterable], *,
             with torch.no_grad():
                 metrics.update({f"val_{k}": v for k, v in evaluate(model).items()})
         _check_weights_finite(model, combiner, epoch)
-        state = {**trainer.state_dict(), "epoch": epoch, "rng": rng_state(), "config": cfg.to_dict()}
+        state = {**trainer.state_dict(), "epoch": epoch, "rng": rng_state(), "config": cfg.to_dict(),
+                 "task_names": trainer.task_names, "observed_losses": meter.loss_ranges()}
         handle = save(state, epoch) if save is not None else None
         if report is not None:
             report(metrics, handle)

@@ -5,11 +5,38 @@ MELTR (paper §4, reference §1.1) is
 
     E_t = MLP_SE(ℓ_t) + TE_t                      scale embedding (1 → d_scale → ReLU → d_model) + task embedding
     H   = EncoderLayer(E_1..E_T)                   one post-LN transformer layer (8 heads)
-    MELTR(ℓ; φ) = W_o · mean_t H_t                 bias-free Linear(d_model → 1)
+    MELTR(ℓ; φ) = Σ_t ℓ_t + W_o · mean_t H_t       start="mtl" (default): W_o = 0 at initialisation
+    MELTR(ℓ; φ) =           W_o · mean_t H_t       start="official": the released code, PyTorch initialisation
 
-The losses go in raw (no log, no normalisation, not detached): the backbone is trained on MELTR's output, so
-the effective weight of task t is ∂MELTR/∂ℓ_t (:meth:`LossCombiner.task_weights`), which depends on the loss
-values themselves — the "non-linear combination".
+W_o is the bias-free Linear(d_model → 1) ``head``. The losses go in raw (no log, no normalisation, not
+detached): the backbone is trained on MELTR's output, so the effective weight of task t is ∂MELTR/∂ℓ_t
+(:meth:`LossCombiner.task_weights`), which depends on the loss values themselves — the "non-linear
+combination". Negative losses (UniVL's CMLM/CMFM) go in as they are: the residual adds them like MTL does.
+
+**Why MELTR starts as MTL** (issue 9). With the official initialisation a fresh MELTR gives ∂MELTR/∂ℓ_t of
+±0.01–0.3 with a random sign (issue 9 measured 35–85 % of seeds with a negative task weight at one loss
+vector, every preset; over losses 10⁻³…10² it is 15–20 of 20 seeds) and outputs about −0.9 where Σℓ ≈ 18, so the backbone *ascends* some losses until enough meta steps turn the sign. The default
+start adds the parameter-free residual Σ_t ℓ_t and zeroes W_o: a new MELTR is exactly MTL (output Σℓ, every
+weight 1, for any loss values and any seed), and the official parameter set and counts are unchanged, so
+official weights still load (with ``start="official"`` to get the official forward too). Meta-training moves
+it away from MTL only as far as the hypergradient asks.
+
+What the zero W_o costs: ∂MELTR/∂ℓ_t = 1 + W_o·∂(mean H)/∂ℓ_t, so the hypergradient −∇_φ⟨∇_w MELTR, p⟩
+has, at W_o = 0, a non-zero component only for W_o (−Σ_t ∂(mean H)/∂ℓ_t·⟨∇_w ℓ_t, p⟩); every other parameter
+enters multiplied by W_o. So the *first* meta step
+moves W_o alone (Adam moves every coordinate by ≈ β), and from the second on the whole transformer gets
+gradient — the "zero-initialised last layer" of ReZero/ControlNet. Alternatives considered: a random W_o
+with the residual (every parameter gets gradient at step one, but with the official W_o the output is Σℓ
+plus an offset of up to 1.3 and the weights are 1 ± up to 0.29 over losses 10⁻³…10² and 20 seeds — far from
+Σℓ when the losses are small; a W_o scaled down far enough to fix that is the zero start with extra noise);
+a warm-start fit of the official network to Σℓ (its post-LN output is bounded by ‖W_o‖·√d, so it cannot
+follow Σℓ over 10⁻³…10² without a huge W_o, and the fit is seed-dependent); a per-task multiplicative gate (a
+different architecture, parameter counts change). The one-step delay is the cheapest of these costs.
+
+The regulariser γ·|Σ_t ℓ_t − MELTR(ℓ)| (``core/bilevel.regulariser``) reads, with the residual,
+γ·|W_o·mean_t H_t|: the size of MELTR's learned correction to MTL. It is 0 with zero gradient at the start,
+and it keeps MELTR near MTL as the official one was meant to (with the official start it instead pulls an
+output of ≈ −0.9 towards Σℓ).
 
 Attention is written out (softmax(QKᵀ/√d)V) rather than calling PyTorch's fused kernels: the hypergradient
 needs double backward through MELTR, which the fused SDPA kernels do not implement, and with T ≤ 8 tokens the
@@ -23,13 +50,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Official sizes (reference §1.2): T losses, d_scale (h1), d_model (h2), d_ffn, init.
+# Official sizes (reference §1.2): T losses, d_scale (h1), d_model (h2), d_ffn, init. ``meltr_tiny`` is a
+# test size; its num_tasks is None: the caller (build_combiner: the backbone) supplies it.
 PRESETS = {
     "univl": dict(num_tasks=8, d_scale=128, d_model=256, d_ffn=512, init="default"),
     "violet_retrieval": dict(num_tasks=3, d_scale=256, d_model=512, d_ffn=512, init="default"),
     "violet_qa": dict(num_tasks=4, d_scale=128, d_model=256, d_ffn=256, init="default"),
     "allinone": dict(num_tasks=2, d_scale=128, d_model=128, d_ffn=128, init="normal"),
+    "meltr_tiny": dict(num_tasks=None, d_scale=16, d_model=32, d_ffn=32, n_heads=2, init="default"),
 }
+STARTS = ("mtl", "official")
 
 
 def stack_losses(losses: dict, task_names) -> torch.Tensor:
@@ -101,18 +131,22 @@ class FixedWeights(LossCombiner):
 class LinearWeights(LossCombiner):
     """Meta-Weight-Net-style learned linear combination Σ_t ω_t ℓ_t.
 
-    ω_t = sigmoid(MLP(ℓ_t) + b_t), with the MLP reading the *detached* loss value as in Meta-Weight-Net, so the
-    combination is linear in ℓ with loss-dependent weights (∂/∂ℓ_t = ω_t).
+    ω_t = 2·sigmoid(MLP(ℓ_t) + b_t) ∈ (0, 2), with the MLP reading the *detached* loss value as in
+    Meta-Weight-Net, so the combination is linear in ℓ with loss-dependent weights (∂/∂ℓ_t = ω_t). The MLP's
+    last layer and b start at zero, so every ω_t starts at exactly 1 (MTL), like MELTR's default start; the
+    factor 2 lets a task be weighted up as well as down.
     """
 
     def __init__(self, num_tasks: int, hidden: int = 100):
         super().__init__(num_tasks)
         self.weight_net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.weight_net[-1].weight)
+        nn.init.zeros_(self.weight_net[-1].bias)
         self.task_bias = nn.Parameter(torch.zeros(num_tasks))
 
     def weights(self, losses: torch.Tensor) -> torch.Tensor:
         logits = self.weight_net(losses.detach().unsqueeze(-1)).squeeze(-1) + self.task_bias
-        return torch.sigmoid(logits)
+        return 2 * torch.sigmoid(logits)
 
     def forward(self, losses):
         losses = self._check_input(losses)
@@ -171,17 +205,22 @@ class MELTR(LossCombiner):
             output then does not depend on ℓ, so ∇_w MELTR = 0 — the paper's untrainable ablation).
         architecture: ``transformer`` (default) or ``linear`` (a token-wise Linear instead of the encoder).
         init: ``default`` (PyTorch) or ``normal`` (N(0, 0.02), zero biases; the All-in-one official init).
+        start: ``mtl`` (default: output Σℓ + W_o·mean H with W_o = 0, so a new MELTR is exactly MTL) or
+            ``official`` (output W_o·mean H with W_o initialised by ``init``: the released code, for
+            reproduction and for loading official weights). See the module docstring.
     """
 
     def __init__(self, num_tasks: int, d_model: int = 512, d_ffn: int = 512, d_scale: int = 256,
                  n_heads: int = 8, n_layers: int = 1, dropout: float = 0.1, embedding: str = "se_te",
-                 architecture: str = "transformer", init: str = "default"):
+                 architecture: str = "transformer", init: str = "default", start: str = "mtl"):
         super().__init__(num_tasks)
+        if start not in STARTS:
+            raise ValueError(f"start (meltr.start) must be one of {list(STARTS)}, got {start!r}")
         if embedding not in ("se_te", "se", "te"):
             raise ValueError(f"embedding must be 'se_te', 'se' or 'te', got {embedding!r}")
         if architecture not in ("transformer", "linear"):
             raise ValueError(f"architecture must be 'transformer' or 'linear', got {architecture!r}")
-        self.embedding, self.architecture = embedding, architecture
+        self.embedding, self.architecture, self.start = embedding, architecture, start
         self.task_embedding = nn.Embedding(num_tasks, d_model) if embedding != "se" else None
         self.scale_embedding = (nn.Sequential(nn.Linear(1, d_scale), nn.ReLU(), nn.Linear(d_scale, d_model))
                                 if embedding != "te" else None)
@@ -195,13 +234,18 @@ class MELTR(LossCombiner):
             self._init_normal()
         elif init != "default":
             raise ValueError(f"init must be 'default' or 'normal', got {init!r}")
+        if start == "mtl":
+            nn.init.zeros_(self.head.weight)     # W_o = 0: MELTR(ℓ) = Σℓ exactly until meta-training moves it
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "MELTR":
-        """Build one of the official sizes: ``univl``, ``violet_retrieval``, ``violet_qa``, ``allinone``."""
+        """Build one of the official sizes (``univl``, ``violet_retrieval``, ``violet_qa``, ``allinone``) or the
+        test size ``meltr_tiny`` (which needs ``num_tasks=``)."""
         if name not in PRESETS:
             raise ValueError(f"unknown MELTR preset {name!r}; choose from {sorted(PRESETS)}")
         kwargs = {**PRESETS[name], **overrides}
+        if kwargs["num_tasks"] is None:
+            raise ValueError(f"MELTR preset {name!r} takes its number of losses from the caller: pass num_tasks=")
         return cls(**kwargs)
 
     def _init_normal(self) -> None:
@@ -228,6 +272,8 @@ class MELTR(LossCombiner):
         for layer in self.encoder:
             x = layer(x)
         out = self.head(x.mean(1)).squeeze(-1)
+        if self.start == "mtl":
+            out = out + (losses if batched else losses.unsqueeze(0)).sum(-1)     # the parameter-free MTL path
         return out if batched else out.squeeze(0)
 
 
@@ -239,13 +285,21 @@ def build_combiner(cfg, num_tasks: int) -> LossCombiner:
         return FixedWeights(num_tasks, cfg.fixed_weights)
     if cfg.combiner == "linear":
         return LinearWeights(num_tasks)
+    common = dict(n_layers=cfg.n_layers, dropout=cfg.dropout, embedding=cfg.embedding,
+                  architecture=cfg.architecture, start=cfg.start)
     if cfg.preset is not None:
-        preset_tasks = PRESETS.get(cfg.preset, {}).get("num_tasks")
-        if preset_tasks is not None and preset_tasks != num_tasks:
-            raise ValueError(f"meltr.preset {cfg.preset!r} combines {preset_tasks} losses but the backbone "
-                             f"has {num_tasks}")
-        return MELTR.from_preset(cfg.preset, n_heads=cfg.n_heads, n_layers=cfg.n_layers, dropout=cfg.dropout,
-                                 embedding=cfg.embedding, architecture=cfg.architecture)
+        return _from_preset_for(cfg, num_tasks, common)
     return MELTR(num_tasks, d_model=cfg.d_model, d_ffn=cfg.d_ffn, d_scale=cfg.d_scale, n_heads=cfg.n_heads,
-                 n_layers=cfg.n_layers, dropout=cfg.dropout, embedding=cfg.embedding,
-                 architecture=cfg.architecture, init=cfg.init)
+                 init=cfg.init, **common)
+
+
+def _from_preset_for(cfg, num_tasks: int, common: dict) -> MELTR:
+    """A preset's sizes (and init, and heads where it sets them) win over the matching ``meltr.*`` fields;
+    the number of losses must match the backbone's (``meltr_tiny`` takes it from the backbone)."""
+    preset = PRESETS.get(cfg.preset, {})
+    preset_tasks = preset.get("num_tasks")
+    if preset_tasks is not None and preset_tasks != num_tasks:
+        raise ValueError(f"meltr.preset {cfg.preset!r} combines {preset_tasks} losses but the backbone "
+                         f"has {num_tasks}")
+    heads = {} if "n_heads" in preset else {"n_heads": cfg.n_heads}
+    return MELTR.from_preset(cfg.preset, num_tasks=num_tasks, **heads, **common)

@@ -1,62 +1,44 @@
 """``meltr-ray ingest``: videos (or feature files) + annotations → Parquet shards, an answer vocabulary, a report.
 
-Steps: the format's converter turns annotations into records (bad lines are reported, not fatal) → duplicate
-ids and missing files are reported → every video is probed in a subprocess with a timeout
-(:mod:`meltr_ray.data.probe`) → good rows are written as shards ``{split}-{n:05d}.parquet`` (row groups of
-16–64 clips, ~256 MB shards; video_data_notes §3) → ``ingest_report.json`` and ``dataset.json`` next to them.
+Steps: the format's converter turns annotations into records (bad lines are reported, not fatal) → rows of an
+unknown split, duplicate ids, files outside ``--videos`` (symlinks resolved), missing files and non-files are
+reported → every video is probed in a subprocess with a timeout (:mod:`meltr_ray.data.probe`) → good rows are
+written as shards ``{split}-{n:05d}.parquet`` (row groups of 16–64 clips, ~256 MB shards; video_data_notes
+§3) → ``ingest_report.json`` and, last, ``dataset.json`` next to them.
 
 **Resumable.** The shard plan is a pure function of the records and the options, and each finished shard gets
 a ``.done.json`` sidecar holding a hash of its plan. A re-run re-uses every shard whose hash matches, rewrites
-the others (atomically, via a temporary file) and deletes shards that are no longer in the plan, so rows are
-never duplicated.
+the others (atomically, via a temporary file) and deletes ingest's own shards that are no longer in the plan,
+so rows are never duplicated. What ingest owns in ``--out`` and how it writes durably:
+:mod:`meltr_ray.data.dataset_dir`.
 """
 from __future__ import annotations
 
 import collections
-import json
 import os
 import time
 import zlib
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from . import converters, datasets, image_formats
 from .converters import Skip
+from .dataset_dir import (DATASET_NAME, LEGACY_DIR, OLD_STDERR_LOG, OWNER, REPORT_NAME, VOCAB_NAME, WORDPIECE_NAME,
+                          claim_shard, classify_out, known_splits, read_sidecar, remove_durably, sidecar_path,
+                          write_json_atomic)
 from .legacy import encode_legacy_frames
 from .probe import ProbePool, probe_video
+from .report import IngestReport, Progress, summary_table
 from .schema import SCHEMA_VERSION
-from .tokenize import build_vocab
 from .shards import plan_hash, plan_shards, row_group_rows_for, shard_row, write_planned_shard
+from .tokenize import build_vocab
 
 FORMATS: dict[str, Callable] = {"jsonl": converters.read_jsonl, "csv": converters.read_csv, **datasets.FORMATS,
                                 **image_formats.FORMATS}
-REPORT_NAME, DATASET_NAME, VOCAB_NAME = "ingest_report.json", "dataset.json", "answer_vocab.json"
+OUTSIDE = "outside --videos"
 
-
-@dataclass
-class IngestReport:
-    """What an ingest run did; also written as ``ingest_report.json``."""
-    out: str
-    rows_written: int = 0
-    bytes_written: int = 0
-    shards: list = field(default_factory=list)
-    shards_reused: int = 0
-    skipped: list = field(default_factory=list)          # {"id", "video", "reason"}
-
-    @property
-    def skipped_by_reason(self) -> dict[str, int]:
-        return dict(collections.Counter(_reason_kind(s["reason"]) for s in self.skipped))
-
-    def to_dict(self) -> dict:
-        return {"rows_written": self.rows_written, "bytes_written": self.bytes_written, "shards": self.shards,
-                "shards_reused": self.shards_reused, "skipped_count": len(self.skipped),
-                "skipped_by_reason": self.skipped_by_reason, "skipped": self.skipped}
-
-
-def _reason_kind(reason: str) -> str:
-    return reason.split(" (", 1)[0].split(":", 1)[0]
+__all__ = ["ingest", "IngestReport", "summary_table", "FORMATS", "REPORT_NAME", "DATASET_NAME", "VOCAB_NAME"]
 
 
 # ---- records ---------------------------------------------------------------------------------------------
@@ -77,6 +59,60 @@ def load_records(fmt: str, annotations: str, videos: str | None, allow_pickle: b
             seen.add(item["id"])
             records.append(item)
     return records, skipped, vocab
+
+
+def _skip(rec: dict, reason: str) -> dict:
+    return {"id": rec["id"], "video": rec.get("video") or "", "reason": reason}
+
+
+def drop_unknown_splits(records: list[dict], splits: tuple[str, ...], skipped: list[dict]) -> list[dict]:
+    """Keep rows of a known split; a split name becomes a shard file name, so nothing else is written."""
+    keep = []
+    for rec in records:
+        if rec["split"] in splits:
+            keep.append(rec)
+        else:
+            skipped.append(_skip(rec, f"unknown split: {rec['split']!r:.60} (known: {', '.join(splits)}; "
+                                      "declare others with --extra-split)"))
+    return keep
+
+
+def _under(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+def file_problem(video: str, roots: tuple[str, ...]) -> str | None:
+    """Why ``video`` (relative to ``roots[0]``, or absolute) cannot be ingested, or ``None``.
+
+    The path is resolved with every symlink followed (``os.path.realpath``) before it is compared with the
+    allowed folders, so ``..``, absolute paths and links pointing out are all caught before the file is opened.
+    """
+    path = os.path.realpath(os.path.join(roots[0], video))
+    if not any(_under(path, root) for root in roots):
+        return OUTSIDE
+    if not os.path.exists(path):
+        return "missing file"
+    if not os.path.isfile(path):
+        return "not a regular file"
+    return None
+
+
+def has_file(rec: dict) -> bool:
+    """True when the record's media is a file to probe; False for features or an image carried inline."""
+    return rec.get("features") is None and rec.get("video_bytes") is None
+
+
+def drop_bad_files(records: list[dict], roots: tuple[str, ...], skipped: list[dict]) -> list[dict]:
+    """Keep feature rows, inline images and rows whose video is a regular file inside ``roots`` (``--videos``,
+    legacy cache)."""
+    keep = []
+    for rec in records:
+        problem = file_problem(rec.get("video") or "", roots) if has_file(rec) else None
+        if problem:
+            skipped.append(_skip(rec, problem))
+        else:
+            keep.append(rec)
+    return keep
 
 
 def assign_meta_split(records: list[dict], meta_fraction: float) -> None:
@@ -126,8 +162,6 @@ def validate_record(rec: dict, videos: str | None, min_frames: int, probe: dict 
     return None
 
 
-
-
 # ---- the driver ------------------------------------------------------------------------------------------
 def ingest(format: str = "jsonl", videos: str | None = None, annotations: str | None = None,
            out: str | None = None, *, workers: int | None = None, vq: str | None = None, min_frames: int = 1,
@@ -135,84 +169,72 @@ def ingest(format: str = "jsonl", videos: str | None = None, annotations: str | 
            shard_bytes: int = 256 << 20, max_rows_per_shard: int = 4096, allow_pickle: bool = False,
            progress: bool = True, probe_fn: Callable = probe_video, decoder: str = "decord",
            row_group_rows: int | None = None, vocab_size: int | None = None, legacy_frames: str | None = None,
-           **format_options) -> IngestReport:
+           extra_splits: tuple[str, ...] | list[str] = (), **format_options) -> IngestReport:
     """Convert ``annotations`` (+ the files under ``videos``) into shards under ``out``; see the module doc.
 
-    ``probe_fn(path, min_frames=, decoder=) -> dict`` must be an importable module-level function (it runs in
-    spawned worker processes); tests inject a hanging one. ``vocab_size`` also trains a WordPiece
+    Video paths must resolve (symlinks followed) inside ``videos`` (the current folder when ``None``);
+    rows outside are skipped as "outside --videos". Splits are ``train | meta | val | test`` plus
+    ``extra_splits``; rows of any other split are skipped as "unknown split". ``probe_fn(path, min_frames=,
+    decoder=) -> dict`` must be a module-level function of an importable module (the probe workers are fresh
+    processes that import it by name); tests inject a hanging one. ``vocab_size`` also trains a WordPiece
     ``vocab.txt`` of that size on the train split's texts (the demo's vocabulary). ``legacy_frames`` is a
     Violet ``img_*.pkl`` (needs ``allow_pickle``): its frames become mp4s under ``out/legacy_videos``.
-    Returns the report.
+    Returns the report; raises :class:`~meltr_ray.data.probe.ProbePoolError` when the probe workers are broken.
     """
     if not annotations or not out:
         raise ValueError("ingest needs annotations and out")
+    splits = known_splits(extra_splits)
     os.makedirs(out, exist_ok=True)
     records, skipped, vocab = load_records(format, annotations, videos, allow_pickle, **format_options)
+    records = drop_unknown_splits(records, splits, skipped)
+    roots = (os.path.realpath(videos or "."),)
     if legacy_frames:
-        skipped += encode_legacy_frames(records, legacy_frames, os.path.join(out, "legacy_videos"), allow_pickle)
+        skipped += encode_legacy_frames(records, legacy_frames, os.path.join(out, LEGACY_DIR), allow_pickle)
+        roots += (os.path.realpath(os.path.join(out, LEGACY_DIR)),)
     if vq:
         attach_vq(records, vq, allow_pickle)
     assign_meta_split(records, meta_fraction)
     vocab = vocab if vocab is not None else build_answer_vocab(records, answer_vocab_size)
-    records = _drop_missing(records, videos, skipped)
+    records = drop_bad_files(records, roots, skipped)
     plan = plan_shards(records, videos, shard_bytes, max_rows_per_shard)
     options = {"min_frames": min_frames, "decoder": decoder,
                "rgr": row_group_rows or row_group_rows_for(records, videos)}
     report = IngestReport(out=out, skipped=skipped)
+    report.left_alone = _start_run(out, plan)
     todo = _reuse_finished(plan, out, videos, options, report)
-    _remove_stale(out, plan)
-    with _Progress(progress, total=len(records), done=len(records) - sum(len(v) for v in todo.values())) as bar:
-        pool = ProbePool(workers or os.cpu_count() or 1, probe_timeout_s, probe_fn,
-                         {"min_frames": 1, "decoder": decoder}, os.path.join(out, "probe_stderr.log"))
-        with pool:
+    with Progress(progress, total=len(records), done=len(records) - sum(len(v) for v in todo.values())) as bar:
+        with ProbePool(workers or os.cpu_count() or 1, probe_timeout_s, probe_fn,
+                       {"min_frames": 1, "decoder": decoder}) as pool:
             for name, rows, probes in _probe_shards(todo, videos, pool, bar):
                 _write_one(out, name, rows, probes, videos, options, report)
     report.shards = sorted(report.shards, key=lambda s: s["file"])
-    _drop_empty(os.path.join(out, "probe_stderr.log"))
-    _write_metadata(out, records, report, vocab)
-    if vocab_size:
-        build_vocab(train_texts(records), os.path.join(out, "vocab.txt"), vocab_size=vocab_size)
+    _write_metadata(out, records, report, vocab, vocab_size)
     if progress:
         from rich.console import Console
         Console(stderr=True).print(summary_table(report))
     return report
 
 
-def has_file(rec: dict) -> bool:
-    """True when the record's media is a file to probe; False for features or an image carried inline."""
-    return rec.get("features") is None and rec.get("video_bytes") is None
+def _start_run(out: str, plan: dict) -> list[str]:
+    """Mark the folder unfinished (no ``dataset.json``), delete ingest's shards that left the plan.
 
-
-def _drop_missing(records: list[dict], videos: str | None, skipped: list[dict]) -> list[dict]:
-    keep = []
-    for rec in records:
-        if has_file(rec) and not os.path.isfile(os.path.join(videos or "", rec.get("video") or "")):
-            skipped.append({"id": rec["id"], "video": rec.get("video") or "", "reason": "missing file"})
-        else:
-            keep.append(rec)
-    return keep
-
-
-def _drop_empty(path: str) -> None:
-    if os.path.isfile(path) and os.path.getsize(path) == 0:
-        os.remove(path)
-
-
-def _sidecar(out: str, name: str) -> str:
-    return os.path.join(out, name + ".done.json")
+    Returns the files of ``out`` that ingest did not write (left alone, listed in the report).
+    """
+    stale, foreign = classify_out(out, plan)          # raises before anything is touched
+    remove_durably(os.path.join(out, DATASET_NAME))
+    remove_durably(os.path.join(out, OLD_STDERR_LOG))
+    for fname in stale:
+        remove_durably(os.path.join(out, fname))
+    return [f for f in foreign if f != OLD_STDERR_LOG]
 
 
 def _reuse_finished(plan: dict, out: str, videos, options: dict, report: IngestReport) -> dict:
     """Count shards whose sidecar matches their plan hash; return the plan of the others."""
     todo = {}
     for name, rows in plan.items():
-        digest, side = plan_hash(rows, videos, options), _sidecar(out, name)
-        try:
-            with open(side) as f:
-                done = json.load(f)
-        except (OSError, ValueError):
-            done = {}
-        if done.get("plan") == digest and os.path.isfile(os.path.join(out, name)):
+        done = read_sidecar(out, name) or {}
+        finished = done.get("state", "done") == "done" and done.get("plan") == plan_hash(rows, videos, options)
+        if finished and os.path.isfile(os.path.join(out, name)):
             _account(report, name, done)
             report.shards_reused += 1
         else:
@@ -225,14 +247,6 @@ def _account(report: IngestReport, name: str, done: dict) -> None:
     report.bytes_written += done["bytes"]
     report.skipped.extend(done["skipped"])
     report.shards.append({"file": name, "rows": done["rows_written"], "bytes": done["bytes"]})
-
-
-def _remove_stale(out: str, plan: dict) -> None:
-    """Delete shard files (and sidecars) a previous run wrote that are not in this plan."""
-    for fname in os.listdir(out):
-        base = fname[:-len(".done.json")] if fname.endswith(".done.json") else fname
-        if base.endswith((".parquet", ".parquet.tmp")) and base.removesuffix(".tmp") not in plan:
-            os.remove(os.path.join(out, fname))
 
 
 def _probe_shards(todo: dict, videos, pool: ProbePool, bar):
@@ -264,21 +278,23 @@ def _write_one(out: str, name: str, rows: list[dict], probes: dict, videos, opti
         probe = probes.get(rec["id"]) if has_file(rec) else None
         reason = validate_record(rec, videos, options["min_frames"], probe)
         if reason:
-            skipped.append({"id": rec["id"], "video": rec.get("video") or "", "reason": reason})
+            skipped.append(_skip(rec, reason))
         else:
             good.append(shard_row(rec, probe, videos))
-    path = os.path.join(out, name)
+    digest, path = plan_hash(rows, videos, options), os.path.join(out, name)
+    claim_shard(out, name, digest)
     size = write_planned_shard(path, good, options["rgr"]) if good else 0
-    if not good and os.path.exists(path):
-        os.remove(path)
-    done = {"plan": plan_hash(rows, videos, options), "rows_written": len(good), "bytes": size,
+    if not good:
+        remove_durably(path)
+    done = {"owner": OWNER, "state": "done", "plan": digest, "rows_written": len(good), "bytes": size,
             "skipped": skipped, "written_at": time.time()}
-    with open(_sidecar(out, name), "w") as f:
-        json.dump(done, f)
+    write_json_atomic(sidecar_path(out, name), done)
     _account(report, name, done)
 
 
-def _write_metadata(out: str, records: list[dict], report: IngestReport, vocab: list[str]) -> None:
+def _write_metadata(out: str, records: list[dict], report: IngestReport, vocab: list[str],
+                    vocab_size: int | None) -> None:
+    """Vocabularies and the report, then ``dataset.json`` last: its presence means the run finished."""
     splits: dict[str, list] = collections.defaultdict(list)
     rows: dict[str, int] = collections.Counter()
     for shard in report.shards:
@@ -289,13 +305,15 @@ def _write_metadata(out: str, records: list[dict], report: IngestReport, vocab: 
     grid = next(([r["vq_h"], r["vq_w"]] for r in records if r.get("vq_h")), None)
     feature_dim = next((int(np.asarray(r["features"]).shape[1]) for r in records
                         if r.get("features") is not None), 0)
-    meta = {"schema_version": SCHEMA_VERSION, "modality": "features" if feature_dim else "video",
+    meta = {"schema_version": SCHEMA_VERSION, "complete": True, "modality": "features" if feature_dim else "video",
             "splits": dict(splits), "rows": dict(rows), "items": text_item_counts(records, report),
             "vq_grid": grid, "feature_dim": feature_dim, "answer_vocab": VOCAB_NAME}
     meta.update(image_formats.image_meta(records))        # modality "image", its size and class names
-    for name, obj in ((DATASET_NAME, meta), (VOCAB_NAME, vocab), (REPORT_NAME, report.to_dict())):
-        with open(os.path.join(out, name), "w") as f:
-            json.dump(obj, f, indent=1)
+    if vocab_size:
+        build_vocab(train_texts(records), os.path.join(out, WORDPIECE_NAME), vocab_size=vocab_size)
+    write_json_atomic(os.path.join(out, VOCAB_NAME), vocab, indent=1)
+    write_json_atomic(os.path.join(out, REPORT_NAME), report.to_dict(), indent=1)
+    write_json_atomic(os.path.join(out, DATASET_NAME), meta, indent=1)
 
 
 def text_item_counts(records: list[dict], report: IngestReport) -> dict:
@@ -312,44 +330,3 @@ def text_item_counts(records: list[dict], report: IngestReport) -> dict:
         c["labels"] += rec.get("label", -1) >= 0
         c["scores"] += rec.get("score") is not None
     return {split: dict(c) for split, c in counts.items()}
-
-
-def summary_table(report: IngestReport):
-    """A rich table: rows written, bytes, shards, skipped rows by reason."""
-    from rich.table import Table
-
-    table = Table(title=f"meltr-ray ingest → {report.out}")
-    table.add_column("what")
-    table.add_column("count", justify="right")
-    table.add_row("rows written", str(report.rows_written))
-    table.add_row("bytes written", f"{report.bytes_written / 1e6:.1f} MB")
-    table.add_row("shards (reused)", f"{len(report.shards)} ({report.shards_reused})")
-    table.add_row("rows skipped", str(len(report.skipped)))
-    for reason, count in sorted(report.skipped_by_reason.items()):
-        table.add_row(f"  skipped: {reason}", str(count))
-    return table
-
-
-class _Progress:
-    """A rich progress bar over records (or nothing when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, done: int = 0):
-        self.enabled, self.total, self.done = enabled, total, done
-        self._bar = self._task = None
-
-    def __enter__(self) -> "_Progress":
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-            self._bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), transient=False)
-            self._bar.__enter__()
-            self._task = self._bar.add_task("probing + writing", total=self.total, completed=self.done)
-        return self
-
-    def advance(self) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task)
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)

@@ -13,6 +13,7 @@ import zlib
 
 import numpy as np
 
+from .dataset_dir import replace_durably
 from .schema import SCHEMA_VERSION, rows_to_table, write_shard
 
 
@@ -77,10 +78,10 @@ def shard_row(rec: dict, probe: dict | None, videos: str | None) -> dict:
 
 
 def write_planned_shard(path: str, rows: list[dict], row_group_rows: int) -> int:
-    """Write ``rows`` to ``path`` atomically; returns the file size."""
+    """Write ``rows`` to ``path`` atomically and durably (temporary file, fsync, rename); returns its size."""
     tmp = path + ".tmp"
     write_shard(rows_to_table(rows), tmp, row_group_rows=row_group_rows)
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
     return os.path.getsize(path)
 
 

@@ -12,7 +12,8 @@ VOCAB, MVM_VOCAB, ANSWERS, CLASSES, OPTIONS = 120, 64, 7, 5, 3
 CLS, SEP, MASK = 101, 102, 103
 # tiny sizes small enough for CPU tests; every other field is violet_tiny's
 TINY = dict(vocab_size=VOCAB, mvm_vocab=MVM_VOCAB, size_vocab=ANSWERS, num_classes=CLASSES)
-MANIFESTS = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "checkpoints"
+# Names and shapes of the official checkpoints (copied from the reference notes: tests read nothing outside tests/)
+MANIFESTS = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoints"
 
 
 def tiny(task: str, **overrides):

@@ -1,6 +1,6 @@
 """Official checkpoint layouts load strictly into violet_base; bad checkpoints raise naming the key.
 
-Each synthetic checkpoint is built from a manifest in ``../shared/reference/checkpoints`` only: random float
+Each synthetic checkpoint is built from a manifest in ``tests/fixtures/checkpoints`` only: random float
 tensors with exactly its names and shapes, plus the legacy ``enc_txt.emb_txt.position_ids`` key the released
 files carry. The int64 Swin ``relative_position_index`` buffers are deterministic functions of the window, so
 the synthetic file holds their true values (as the released files do). Each violet_base is built once.
@@ -17,9 +17,6 @@ from _violet_common import MANIFESTS, one_torch_thread, tiny  # noqa: F401 (auto
 from meltr_ray.backbones import create_backbone
 from meltr_ray.backbones.violet.checkpoint import filter_violet_state_dict, load_violet_checkpoint
 from meltr_ray.backbones.violet.video_swin import relative_position_index
-
-pytestmark = pytest.mark.skipif(not MANIFESTS.is_dir(), reason=f"manifests not found at {MANIFESTS}")
-
 
 def manifest(name: str) -> dict:
     return json.loads((MANIFESTS / f"{name}.json").read_text())["tensors"]

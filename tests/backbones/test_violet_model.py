@@ -1,4 +1,6 @@
-"""violet_tiny: losses per task, gradients, hypergradient, masking, evaluation and bad input."""
+"""Violet's own behaviour: spec = model limits, whole-backbone hypergradient, clean primary frames, masking,
+evaluation and bad input. What every backbone must do (losses in spec order, primary alone, backward reach,
+hypergradient at the default scope, bilevel step, checkpoints) is tests/backbones/test_contract.py."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +8,7 @@ import torch
 from _violet_common import (CLASSES, CLS, MASK, SEP, make_batch, one_torch_thread,  # noqa: F401
                             tiny)
 
-from meltr_ray.backbones import create_backbone, list_backbones
+from meltr_ray.backbones import create_backbone, get_spec, list_backbones
 from meltr_ray.backbones.violet.model import TASK_LOSSES
 from meltr_ray.backbones.violet.masking import (color_vq_ids, mask_text, mvm_labels, sample_video_blocks,
                                                 zero_patches)
@@ -27,55 +29,28 @@ def test_registry_has_both_variants():
 
 @pytest.mark.parametrize("name", list_backbones("violet*"))
 @pytest.mark.parametrize("task", TASKS)
-def test_every_variant_builds_for_every_task(name, task):
-    """On the meta device (no memory, no init cost; what the preflight check does)."""
+def test_every_variant_builds_and_its_spec_states_the_models_limits(name, task):
+    """On the meta device (no memory, no init cost; what the preflight check does). The spec's limits are the
+    built model's own sizes (rows of emb_len, emb_pos and the text position table), so the two cannot drift."""
     with torch.device("meta"):
         model = create_backbone(name, task=task)
-    assert model.task_names == list(TASK_LOSSES[task]) and model.primary_task == model.task_names[0]
-    scoped = select_scope(model, model.default_meta_scope)
+    spec = get_spec(name)
+    data = spec.tasks[task].data
+    assert model.task_names == list(TASK_LOSSES[task]) == list(spec.tasks[task].losses)
+    assert data.max_frames == model.cfg.max_frames == model.enc_img.emb_len.shape[1]
+    stride = model.enc_img.swin.stride
+    assert data.max_image_size == stride * model.cfg.max_grid
+    assert model.enc_img.emb_pos.shape[2] == 1 + model.cfg.max_grid ** 2
+    positions = model.enc_txt.emb_txt.position_embeddings.num_embeddings
+    assert data.text_positions == model.cfg.max_text_len == positions
+    assert data.num_frames <= data.max_frames and data.text_len <= data.text_positions
+    assert data.image_size <= data.max_image_size and data.image_size % stride == 0
+    # the default meta scope: the top cross layer and every head, a strict subset of the parameters
+    assert spec.meta_scope(model) == model.default_meta_scope
+    scoped = select_scope(model, spec.meta_scope(model))
     heads = [n for n, _ in model.named_parameters() if n.startswith("fc")]
     assert heads and len(scoped) < len(list(model.parameters()))
     assert {id(p) for n, p in model.named_parameters() if n.startswith("fc")} <= {id(p) for p in scoped}
-
-
-@pytest.mark.parametrize("task", TASKS)
-def test_forward_returns_exactly_the_task_losses_in_meltr_order(models, task):
-    model = models[task]
-    losses = model(make_batch(task))
-    assert list(losses) == list(TASK_LOSSES[task]) == model.task_names
-    assert model.primary_task == model.task_names[0]
-    for name, value in losses.items():
-        assert value.dim() == 0 and torch.isfinite(value), name
-
-
-@pytest.mark.parametrize("task", TASKS)
-def test_tasks_subset_gives_the_primary_loss_alone(models, task):
-    model = models[task]
-    assert list(model(make_batch(task), tasks=[model.primary_task])) == [model.primary_task]
-
-
-@pytest.mark.parametrize("task", TASKS)
-def test_backward_reaches_every_trainable_parameter(models, task):
-    model = models[task]
-    model.zero_grad(set_to_none=True)
-    sum(model(make_batch(task)).values()).backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert missing == []
-
-
-@pytest.mark.parametrize("task", TASKS)
-def test_hypergradient_runs_on_the_default_scope(models, task):
-    """Double backward through the scoped layers (eager attention), K = 1 Neumann step."""
-    model = models[task]
-    combiner = MELTR(len(model.task_names), d_model=32, d_ffn=32, d_scale=16, n_heads=4)
-    scope = select_scope(model, model.default_meta_scope)
-    assert 0 < sum(p.numel() for p in scope) < sum(p.numel() for p in model.parameters())
-    batch = make_batch(task)
-    outer = model(batch, tasks=[model.primary_task])[model.primary_task]
-    inner = combiner(stack_losses(model(batch), model.task_names))
-    grads = hypergradient(outer, inner, scope, list(combiner.parameters()), neumann_steps=1, neumann_lr=1e-3)
-    assert all(torch.isfinite(g).all() for g in grads)
-    assert sum(float(g.abs().sum()) for g in grads) > 0
 
 
 def test_hypergradient_through_every_parameter(models):

@@ -1,5 +1,5 @@
 """The README's main-job command: `python launchers/tune_retrieval.py` runs the embedded demo end to end
-(synthetic mp4s → Parquet shards → violet_tiny → HyperOpt + ASHA trials on CPU → best γ/α/β/K + dashboard URL)."""
+(synthetic mp4s → Parquet shards → violet_tiny → HyperOpt + ASHA trials on CPU → best γ/α/β/K + next commands)."""
 from __future__ import annotations
 
 import os
@@ -21,7 +21,7 @@ def test_demo_launcher_runs_end_to_end(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     for text in ("best trial by val_r1", "γ reg_weight", "α backbone_lr", "β meltr_lr", "K neumann_steps",
-                 "val_r1", "dashboard", "http://"):
+                 "val_r1", "meltr-ray dashboard", "meltr-ray inspect", "summary.json"):
         assert text in proc.stdout, text
     shards = tmp_path / "results" / "demo_data" / "shards"
     assert (shards / "dataset.json").exists() and list(shards.glob("*.parquet"))

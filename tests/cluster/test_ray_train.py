@@ -40,20 +40,37 @@ def test_two_worker_cpu_run_checkpoints_full_state(ray_cluster, tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(*first))      # each rank buffered its own shard's batches
 
 
-def test_worker_killed_mid_run_resumes_with_meltr_and_optimizers(ray_cluster, tmp_path):
-    marker = tmp_path / "crashed"
-    random_meltr = {"meltr.dropout": 0.2, "meta.meta_every": 1}   # dropout: per-rank RNG; meta steps: buffer draws
-    kwargs = toy_kwargs(tmp_path, **random_meltr, **{"cluster.max_failures": 1, "backbone.overrides": {
-        "crash_marker": str(marker), "crash_epoch": 2}})
+RANDOM_MELTR = {"meltr.dropout": 0.2, "meta.meta_every": 1}   # dropout: per-rank RNG; meta steps: buffer draws
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_cluster, tmp_path_factory):
+    """Final state of a 3-epoch run never killed: what every killed-and-resumed run must end bit-identical to."""
+    tmp_path = tmp_path_factory.mktemp("no_crash")
+    result = api.train(name="no-crash", epochs=3, **toy_kwargs(tmp_path, **RANDOM_MELTR))
+    assert result.error is None
+    return _final_state(result)
+
+
+@pytest.mark.parametrize("crash_rank, crash_step", [(0, 0), (1, 2)], ids=["rank0-epoch-start", "rank1-mid-epoch"])
+def test_worker_killed_mid_run_resumes_with_meltr_and_optimizers(uninterrupted, tmp_path, crash_rank, crash_step):
+    marker, epoch_log = tmp_path / "crashed", tmp_path / "epochs.log"
+    kwargs = toy_kwargs(tmp_path, **RANDOM_MELTR, **{"cluster.max_failures": 1, "backbone.overrides": {
+        "crash_marker": str(marker), "crash_epoch": 2, "crash_rank": crash_rank, "crash_step": crash_step,
+        "epoch_log": str(epoch_log)}})
     result = api.train(name="crash-resume", epochs=3, **kwargs)
     assert marker.exists(), "the worker was not killed"
+    assert int(marker.read_text().split()[1]) == crash_step      # steps rank `crash_rank` took before dying
     assert result.error is None
     assert result.metrics["epoch"] == 3
     # The restarted group resumed from the last *committed* checkpoint: epoch 2's, or epoch 1's when the crash
     # came before the controller had registered epoch 2's (Train's snapshot is the source of truth).
     assert result.metrics["attempt_start_epoch"] in (1, 2)
+    started = [int(line.split()[1]) for line in epoch_log.read_text().splitlines()]
+    assert started == [0, 1, 2] + list(range(result.metrics["attempt_start_epoch"], 3))   # the killed epoch redone
     state = _final_state(result)
     total_steps, meta_steps = 3 * STEPS_PER_EPOCH, 3 * STEPS_PER_EPOCH      # meta_every 1
+    # the steps taken before the kill were lost with the worker and redone, not counted twice
     assert state["counters"] == {**state["counters"], "step": total_steps, "meta_steps": meta_steps}
     # Adam's step counts continue across the crash: both optimizers were restored, not rebuilt.
     backbone_steps = {float(s["step"]) for s in state["backbone_optimizer"]["state"].values()}
@@ -65,9 +82,8 @@ def test_worker_killed_mid_run_resumes_with_meltr_and_optimizers(ray_cluster, tm
     moved = [not torch.equal(state["combiner"][k], epoch2["combiner"][k]) for k in state["combiner"]]
     assert any(moved)
     # Each rank got its own replay buffer and RNG back, so the run ends bit-identical to one never killed.
-    reference = _final_state(api.train(name="no-crash", epochs=3, **toy_kwargs(tmp_path, **random_meltr)))
     for part in ("backbone", "combiner"):
-        for key, value in reference[part].items():
+        for key, value in uninterrupted[part].items():
             assert torch.equal(value, state[part][key]), (part, key)
 
 

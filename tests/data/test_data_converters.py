@@ -92,7 +92,7 @@ def test_youcook2_clip_features_end_to_end(tmp_path):
     assert meta["modality"] == "features" and meta["feature_dim"] == 4
     table = pq.read_table(tmp_path / "out" / meta["splits"]["train"][0])
     batch = {c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names}
-    out = SampleBuilder(task="captioning", modality="features", feature_dim=4, max_feature_frames=5)(batch)
+    out = SampleBuilder(items="captions", modality="features", feature_dim=4, max_feature_frames=5)(batch)
     assert out["feature_mask"].sum(1).tolist() == [3, 3]
     assert out["features"][1, 0].tolist() == [12.0, 13.0, 14.0, 15.0]      # clip 2 starts at second 3
 

@@ -5,8 +5,10 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from meltr_ray.cli import main
 from meltr_ray.data.ingest import REPORT_NAME, ingest
@@ -15,10 +17,14 @@ from meltr_ray.data.synthetic import make_synthetic_dataset, write_bad_videos
 
 from probe_hooks import hanging_probe
 
+SECRET = b"SECRET-BYTES-0451"          # in a file whose decoder output echoes it: must not reach --out
+
 BAD_REASONS = {"truncated": "not a readable video", "zero_length": "zero-length file",
                "not_a_video": "not a readable video", "audio_only": "no video stream",
                "too_short": "too short: 2 frames < min_frames 4", "missing": "missing file",
                "hang": "probe timed out after 3 s", "crash": "probe process crashed (exit code -11)",
+               "png_as_mp4": "not a readable video (invalid data)", "directory": "not a regular file",
+               "noisy_crash": "probe process crashed (exit code -11; decoder said: invalid data)",
                "unparsable_json": "unparsable annotation (line",
                "unparsable_no_video": "unparsable annotation", "unparsable_answer": "unparsable annotation"}
 
@@ -39,6 +45,14 @@ def bad_ingest(tmp_path_factory):
     files["hang"] = "clip_hang.mp4"
     shutil.copy(os.path.join(videos, "clip0002.mp4"), os.path.join(videos, "clip_crash.mp4"))
     files["crash"] = "clip_crash.mp4"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(os.path.join(videos, "picture.png"))
+    os.rename(os.path.join(videos, "picture.png"), os.path.join(videos, "picture.mp4"))
+    files["png_as_mp4"] = "picture.mp4"
+    os.mkdir(os.path.join(videos, "folder.mp4"))
+    files["directory"] = "folder.mp4"
+    with open(os.path.join(videos, "clip_noisy_crash.mp4"), "wb") as f:
+        f.write(SECRET * 8)
+    files["noisy_crash"] = "clip_noisy_crash.mp4"
     with open(ann, "a") as f:
         for kind, name in files.items():
             f.write(json.dumps({"id": f"bad_{kind}", "video": name, "text": "a bad clip"}) + "\n")
@@ -70,6 +84,16 @@ def test_each_bad_kind_is_skipped_with_id_and_reason(bad_ingest, kind):
     assert set(entry) == {"id", "video", "reason"}
     if kind in ("truncated", "missing", "hang", "crash", "audio_only"):
         assert entry["video"].endswith(".mp4")
+
+
+def test_decoder_output_never_reaches_the_output_folder(bad_ingest):
+    """decord echoes a bad file's bytes on stderr; only a fixed phrase from it may reach the report."""
+    _, out = bad_ingest
+    for folder, _, names in os.walk(out):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                assert SECRET not in f.read(), name
+    assert not os.path.exists(os.path.join(out, "probe_stderr.log"))
 
 
 def test_shards_hold_the_schema_and_probe_metadata(bad_ingest):

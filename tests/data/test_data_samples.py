@@ -52,7 +52,7 @@ def to_batch(rows):
 
 
 def builder(data, **kw):
-    kw = {"task": "retrieval", "num_frames": 4, "image_size": 32, "max_text_len": 16, "vocab_path": data["vocab"],
+    kw = {"items": "captions", "num_frames": 4, "image_size": 32, "max_text_len": 16, "vocab_path": data["vocab"],
           "vq_grid": (2, 2), **kw}
     return SampleBuilder(**kw)
 
@@ -71,20 +71,20 @@ def test_each_caption_once_and_each_clip_decoded_once(data):
 
 
 def test_qa_mc_one_sample_per_question_with_padded_options(data):
-    out = builder(data, task="qa_mc", num_options=5)(to_batch(data["rows"]))
+    out = builder(data, items="qa_mc", num_options=5)(to_batch(data["rows"]))
     assert out["text_ids"].shape == (12, 5, 16) and out["option_mask"][1].tolist() == [1, 1, 1, 1, 0]
     assert out["answer"].tolist() == [a for r in data["rows"] for a in r["answers"]]
 
 
 def test_qa_oe_answers_index_the_answer_vocabulary(data):
     vocab = ["red", "left", "green", "blue", "yellow", "magenta", "right", "up", "down"]
-    out = builder(data, task="qa_oe", answer_vocab=vocab[:-1])(to_batch(data["rows"]))
+    out = builder(data, items="qa_oe", answer_vocab=vocab[:-1])(to_batch(data["rows"]))
     want = [vocab.index(t) if t != "down" else -1 for r in data["rows"] for t in r["answer_texts"]]
     assert out["answer"].tolist() == want
 
 
 def test_classification_and_random_text_mode(data):
-    out = builder(data, task="classification")(to_batch(data["rows"]))
+    out = builder(data, items="labels")(to_batch(data["rows"]))
     assert out["label"].tolist() == [x["label"] for x in data["lines"]]
     out = builder(data, text_mode="random")(to_batch(data["rows"]))
     assert len(out["sample_id"]) == len(data["rows"])
@@ -93,7 +93,7 @@ def test_classification_and_random_text_mode(data):
 def test_features_modality():
     rows = [{"id": f"f{i}", "video_id": "v", "features": np.ones((3 + i, 4)).reshape(-1).tolist(),
              "feature_dim": 4, "score": 0.5 * i, "captions": ["x"]} for i in range(2)]
-    out = SampleBuilder(task="sentiment", modality="features", feature_dim=4, max_feature_frames=4)(to_batch(rows))
+    out = SampleBuilder(items="scores", modality="features", feature_dim=4, max_feature_frames=4)(to_batch(rows))
     assert out["features"].shape == (2, 4, 4) and out["feature_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
     assert out["score"].tolist() == [0.0, 0.5] and "frames" not in out
 
