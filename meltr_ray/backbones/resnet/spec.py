@@ -68,7 +68,7 @@ SPECS = {
     "resnet_digits": _spec("RESNET_DIGITS", "resnet_digits", "ResNet-8 (3×1 blocks, 16/32/64) for 8-px images, "
                            "10 classes: the digits experiment", 8, *_HALF),
     "resnet_tiny": _spec("RESNET_TINY", "resnet_tiny", "test size: 3×1 blocks, 4/8/16 wide, 10 classes, 16 px",
-                         16, *_HALF),
+                         16, *_HALF, preset="meltr_tiny"),
 }
 for _name, _spec_ in SPECS.items():
     register_backbone(_name, spec=_spec_)
