@@ -94,10 +94,16 @@ def experiment_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _config_override(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE a number (``1e-4`` included, which YAML 1.1 reads as a string) or YAML."""
     import yaml
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. meta.reg_weight=0.3), got {text!r}")
+    for number in (int, float):
+        try:
+            return key, number(value)
+        except ValueError:
+            pass
     return key, yaml.safe_load(value)
 
 
