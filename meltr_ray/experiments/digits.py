@@ -18,7 +18,10 @@ exactly that remainder, so the table shows the split's *cost* (MTL vs MTL minus 
 
 The images are used as they are (grey repeated to 3 channels, 0…16 scaled to 0…255); no crop or flip (a
 flipped digit is another shape). The mixup pairing/λ and the rotation of each image come from per-image seeds
-drawn with the batch, identical for every method.
+drawn with the batch, identical for every method. Before testing, every method's BatchNorm statistics are
+recomputed on the clean training images (:func:`precise_batchnorm`), since a meta step's extra forwards would
+otherwise give MELTR rows different running statistics. ``LARGE_NEUMANN_LR`` = 0.03 is where the Neumann
+correction is tens of per cent on this backbone (0.1 diverges); at α_w = 1e-3 it is ~1 %, so K only rescales.
 """
 from __future__ import annotations
 
