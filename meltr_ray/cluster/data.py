@@ -230,7 +230,8 @@ def build_datasets(shard_dir: str, *, splits=("train", "val"), num_frames: int =
         if not files:
             log.warning("no shards for split %r in %s", split, shard_dir)
             continue
-        kwargs = dict(common, split=split, sampling=sampling if split in TRAIN_SPLITS else "uniform")
+        kwargs = dict(common, split=split, sampling=sampling if split in TRAIN_SPLITS else "uniform",
+                      augment=split in TRAIN_SPLITS)          # image crop + flip: training splits only
         with _read_bins(files, decode_actors):
             read = ray.data.read_parquet(files, shuffle="files" if split in TRAIN_SPLITS else None)
         out[split] = (read.select_columns(_columns(meta))

@@ -37,6 +37,8 @@ def plan_shards(records: list[dict], videos: str | None, shard_bytes: int, max_r
 
 
 def _source_size(rec: dict, videos: str | None) -> int:
+    if rec.get("video_bytes") is not None:                  # an image carried inline (data/image_formats.py)
+        return len(rec["video_bytes"])
     if rec.get("features") is not None:
         return int(np.asarray(rec["features"]).nbytes)
     path = os.path.join(videos or "", rec.get("video") or "")
@@ -47,12 +49,13 @@ def plan_hash(rows: list[dict], videos: str | None, options: dict) -> str:
     """Hash of what a shard will contain: its rows' fields, their files' size and mtime, the options."""
     h = hashlib.sha1(json.dumps({"v": SCHEMA_VERSION, **options}, sort_keys=True).encode())
     for rec in rows:
-        fields = {k: v for k, v in rec.items() if k not in ("features", "vq_ids")}
+        fields = {k: v for k, v in rec.items() if k not in ("features", "vq_ids", "video_bytes")}
         h.update(json.dumps(fields, sort_keys=True, default=str).encode())
+        h.update(str(zlib.crc32(rec.get("video_bytes") or b"")).encode())
         h.update(str(zlib.crc32(np.asarray(rec.get("features", []), np.float32).tobytes())).encode())
         h.update(str(zlib.crc32(np.asarray(rec.get("vq_ids", []), np.int16).tobytes())).encode())
         path = os.path.join(videos or "", rec.get("video") or "")
-        if rec.get("video") and os.path.isfile(path):
+        if rec.get("video") and rec.get("video_bytes") is None and os.path.isfile(path):
             st = os.stat(path)
             h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()
