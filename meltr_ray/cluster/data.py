@@ -25,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -167,26 +169,61 @@ def _columns(meta: dict) -> list[str]:
 
 
 BIN_ENV = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
+FOOTER_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+FILES_PER_FOOTER_ACTOR = 64          # footer reads are small and IO-bound: one actor keeps ~128 in flight
 
 
-@contextlib.contextmanager
-def _read_bins(files: list[str], decode_actors: int):
-    """Size Ray's Parquet read bins so every decode actor gets ~4 blocks (16 MiB at most, 64 KiB at least).
+@dataclass(frozen=True)
+class ReadPlan:
+    """Ray Data start-up settings for one split, sized from its shard files (a small job starts small).
 
-    Ray 2.60 packs row groups into bins of ``RAY_DATA_PARQUET_BIN_PACKING_BYTES`` (default 128 MiB), read when
-    ``read_parquet`` is called: a small split would be one block, decoded by one actor. A value the user
-    exported is left alone.
+    * ``bin_bytes``: Ray 2.60 packs row groups into read bins of ``RAY_DATA_PARQUET_BIN_PACKING_BYTES``
+      (default 128 MiB) — a small split would be one block, decoded by one actor — so ~4 bins per decode
+      actor, 64 KiB…16 MiB;
+    * ``footer_actors``: the listing starts ``RAY_DATA_PARQUET_FOOTER_NUM_ACTORS`` footer-reader actor
+      processes (default 32, each a Python process importing Ray: tens of CPU-seconds on a small machine
+      before the first row is read); one per 64 files, 1…32;
+    * ``decode_actors``: no more decode actors than read blocks (an actor without a block is only start-up
+      cost), at least 1.
+
+    Values the user exported in those variables are kept. Remote shards (size unknown) keep the defaults for
+    the bin size and ``decode_actors``.
     """
-    if BIN_ENV in os.environ:
-        yield
-        return
-    total = sum(os.path.getsize(f) for f in files if os.path.isfile(f))       # 0 for remote shards
-    per_actor = total // (4 * max(decode_actors, 1)) if total else 16 << 20
-    os.environ[BIN_ENV] = str(int(min(max(per_actor, 64 << 10), 16 << 20)))
-    try:
-        yield
-    finally:
-        os.environ.pop(BIN_ENV, None)
+    bin_bytes: int | None
+    footer_actors: int
+    decode_actors: int
+
+    @classmethod
+    def for_files(cls, files: list[str], decode_actors: int) -> "ReadPlan":
+        total = sum(os.path.getsize(f) for f in files if "://" not in f and os.path.isfile(f))
+        footer = min(32, max(1, math.ceil(len(files) / FILES_PER_FOOTER_ACTOR)))
+        if not total:
+            return cls(None, footer, max(decode_actors, 1))
+        exported = os.environ.get(BIN_ENV)
+        bin_bytes = int(exported) if exported else int(min(max(total // (4 * max(decode_actors, 1)), 64 << 10),
+                                                              16 << 20))
+        blocks = math.ceil(total / max(bin_bytes, 1))
+        return cls(bin_bytes, footer, max(1, min(decode_actors, blocks)))
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Export the settings while ``read_parquet`` plans the read (the plan captures them)."""
+        wanted = {BIN_ENV: self.bin_bytes, FOOTER_ENV: self.footer_actors}
+        added = [k for k, v in wanted.items() if v is not None and k not in os.environ]
+        for key in added:
+            os.environ[key] = str(wanted[key])
+        try:
+            yield
+        finally:
+            for key in added:
+                os.environ.pop(key, None)
+
+    def compute(self) -> "ray.data.ActorPoolStrategy":
+        """Start one decode actor and grow to ``decode_actors`` while blocks queue: the first batch waits for
+        one actor's start-up, not for all of them competing for the same cores."""
+        if self.decode_actors == 1:
+            return ray.data.ActorPoolStrategy(size=1)
+        return ray.data.ActorPoolStrategy(min_size=1, max_size=self.decode_actors, initial_size=1)
 
 
 def _warn_if_no_cpu_left(actor_cpus: float) -> None:
@@ -231,12 +268,12 @@ def build_datasets(shard_dir: str, *, splits=("train", "val"), num_frames: int =
             log.warning("no shards for split %r in %s", split, shard_dir)
             continue
         kwargs = dict(common, split=split, sampling=sampling if split in TRAIN_SPLITS else "uniform")
-        with _read_bins(files, decode_actors):
+        plan = ReadPlan.for_files(files, decode_actors)
+        with plan.applied():
             read = ray.data.read_parquet(files, shuffle="files" if split in TRAIN_SPLITS else None)
         out[split] = (read.select_columns(_columns(meta))
                       .map_batches(DecodeSamples, fn_constructor_kwargs=kwargs, batch_size=decode_batch_rows,
-                                   batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=decode_actors),
-                                   num_cpus=decode_cpus))
+                                   batch_format="numpy", compute=plan.compute(), num_cpus=decode_cpus))
     return out
 
 
