@@ -202,28 +202,35 @@ def test_the_decode_udf_never_imports_torch(shards, tmp_path):
 
 
 def test_read_plan_sizes_start_up_from_the_split(tmp_path, monkeypatch):
-    from meltr_ray.cluster.data import BIN_ENV, FOOTER_ENV, ReadPlan
+    import ray.data
+    from meltr_ray.cluster.data import BIN_ENV, FOOTER_ENV, V2_ENV, ReadPlan
 
-    monkeypatch.delenv(BIN_ENV, raising=False)
-    monkeypatch.delenv(FOOTER_ENV, raising=False)
+    for name in (BIN_ENV, FOOTER_ENV, V2_ENV):
+        monkeypatch.delenv(name, raising=False)
     small = tmp_path / "small.parquet"
     small.write_bytes(b"x" * (100 << 10))                 # 100 KiB: bins of 64 KiB → 2 blocks
     plan = ReadPlan.for_files([str(small)], decode_actors=4)
-    assert (plan.bin_bytes, plan.footer_actors, plan.decode_actors) == (64 << 10, 1, 2)
+    assert (plan.bin_bytes, plan.footer_actors, plan.decode_actors, plan.datasource) == (64 << 10, 1, 2, "v1")
     big = [str(tmp_path / f"s{i}.parquet") for i in range(130)]
     for f in big:
         with open(f, "wb") as out:
-            out.truncate(8 << 20)                          # 130 × 8 MiB (sparse)
+            out.truncate(8 << 20)                          # 130 × 8 MiB (sparse): above the small-split size
     plan = ReadPlan.for_files(big, decode_actors=4)
-    assert (plan.bin_bytes, plan.footer_actors, plan.decode_actors) == (16 << 20, 3, 4)
+    assert (plan.bin_bytes, plan.footer_actors, plan.decode_actors, plan.datasource) == (16 << 20, 3, 4, "v2")
     remote = ReadPlan.for_files(["s3://bucket/a.parquet"], decode_actors=3)
-    assert (remote.bin_bytes, remote.footer_actors, remote.decode_actors) == (None, 1, 3)
+    assert (remote.bin_bytes, remote.footer_actors, remote.decode_actors, remote.datasource) == (None, 1, 3, "v2")
+    context = ray.data.DataContext.get_current()
+    before = context.use_datasource_v2
+    with ReadPlan.for_files([str(small)], 2).applied():
+        assert context.use_datasource_v2 is False
     with plan.applied():
         assert os.environ[BIN_ENV] == str(16 << 20) and os.environ[FOOTER_ENV] == "3"
-    assert BIN_ENV not in os.environ and FOOTER_ENV not in os.environ
+        assert context.use_datasource_v2 is True
+    assert BIN_ENV not in os.environ and FOOTER_ENV not in os.environ and context.use_datasource_v2 == before
     monkeypatch.setenv(FOOTER_ENV, "7")                   # what the user exported wins, and stays
+    monkeypatch.setenv(V2_ENV, "1")
     with ReadPlan.for_files([str(small)], 1).applied():
-        assert os.environ[FOOTER_ENV] == "7"
+        assert os.environ[FOOTER_ENV] == "7" and context.use_datasource_v2 == before
     assert os.environ[FOOTER_ENV] == "7"
     single = ReadPlan.for_files([str(small)], 1).compute()
     assert (single.min_size, single.max_size) == (1, 1)

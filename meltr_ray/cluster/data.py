@@ -15,10 +15,12 @@
   ``ray.util.metrics`` counter from ``cluster/monitor.py``). :func:`bad_rows` reads the log from anywhere.
 * Only the ``train`` and ``meta`` splits use ``sampling`` ('random' = segment-random); ``val``/``test`` always
   sample uniformly (the official All-in-one sampled randomly at evaluation, bug B-A4).
-* On small machines: Ray 2.60's Parquet reader runs a ``ListFiles`` task that needs a whole CPU, so keep
+* Start-up is sized to each split (:class:`ReadPlan`): a small local split is read by Parquet datasource v1
+  (footers read once, on the driver), larger or remote ones by v2 with one footer-reader actor per 64 files and
+  read bins that give every decode actor work (Ray's 128 MiB default makes a small dataset one block,
+  reference video_data_notes §4); decode actors start one first and are no more than the read blocks.
+* On small machines: Ray 2.60's Parquet v2 reader runs a ``ListFiles`` task that needs a whole CPU, so keep
   ``decode_actors × decode_cpus`` + Train workers ≤ CPUs − 1 (or oversubscribe ``num_cpus`` in tests).
-  Read bins are sized per split so every decode actor gets work (:func:`_read_bins`; Ray's 128 MiB default
-  makes a small dataset one block, reference video_data_notes §4).
 """
 from __future__ import annotations
 
@@ -171,6 +173,8 @@ def _columns(meta: dict) -> list[str]:
 BIN_ENV = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
 FOOTER_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
 FILES_PER_FOOTER_ACTOR = 64          # footer reads are small and IO-bound: one actor keeps ~128 in flight
+V2_ENV = "RAY_DATA_USE_DATASOURCE_V2"
+SMALL_SPLIT_BYTES = 512 << 20        # local splits up to this size take the start-up-light reader (v1)
 
 
 @dataclass(frozen=True)
@@ -184,14 +188,20 @@ class ReadPlan:
       processes (default 32, each a Python process importing Ray: tens of CPU-seconds on a small machine
       before the first row is read); one per 64 files, 1…32;
     * ``decode_actors``: no more decode actors than read blocks (an actor without a block is only start-up
-      cost), at least 1.
+      cost), at least 1;
+    * ``datasource``: a local split of at most 512 MiB is read by Parquet datasource v1, which reads the
+      footers once on the driver when the dataset is built; v2 (Ray's default) re-lists the files every epoch
+      in a 1-CPU ``ListFiles`` task plus a footer-reader actor. Measured with 500 clips (benchmarks/README.md):
+      first batch 9.3 s vs 14.1 s after ``ray.init``, and 4.5 s vs 9.4 s per later epoch or trial. Larger or
+      remote splits use v2, whose row-group bins balance the decode actors.
 
-    Values the user exported in those variables are kept. Remote shards (size unknown) keep the defaults for
-    the bin size and ``decode_actors``.
+    Values the user exported in those variables (and ``RAY_DATA_USE_DATASOURCE_V2``) are kept. Remote shards
+    (size unknown) keep the defaults for the bin size and ``decode_actors``.
     """
     bin_bytes: int | None
     footer_actors: int
     decode_actors: int
+    datasource: str = "v2"
 
     @classmethod
     def for_files(cls, files: list[str], decode_actors: int) -> "ReadPlan":
@@ -203,18 +213,24 @@ class ReadPlan:
         bin_bytes = int(exported) if exported else int(min(max(total // (4 * max(decode_actors, 1)), 64 << 10),
                                                               16 << 20))
         blocks = math.ceil(total / max(bin_bytes, 1))
-        return cls(bin_bytes, footer, max(1, min(decode_actors, blocks)))
+        small = total <= SMALL_SPLIT_BYTES and all("://" not in f for f in files)
+        return cls(bin_bytes, footer, max(1, min(decode_actors, blocks)), "v1" if small else "v2")
 
     @contextlib.contextmanager
     def applied(self):
         """Export the settings while ``read_parquet`` plans the read (the plan captures them)."""
         wanted = {BIN_ENV: self.bin_bytes, FOOTER_ENV: self.footer_actors}
         added = [k for k, v in wanted.items() if v is not None and k not in os.environ]
+        context = ray.data.DataContext.get_current()
+        previous = context.use_datasource_v2
+        if V2_ENV not in os.environ:
+            context.use_datasource_v2 = self.datasource == "v2"
         for key in added:
             os.environ[key] = str(wanted[key])
         try:
             yield
         finally:
+            context.use_datasource_v2 = previous
             for key in added:
                 os.environ.pop(key, None)
 
