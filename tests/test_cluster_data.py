@@ -236,3 +236,17 @@ def test_read_plan_sizes_start_up_from_the_split(tmp_path, monkeypatch):
     assert (single.min_size, single.max_size) == (1, 1)
     pool = plan.compute()
     assert (pool.min_size, pool.max_size) == (1, 4)
+
+
+def test_collate_copies_read_only_arrays_only():
+    import numpy as np
+    from meltr_ray.cluster.data import CollateSamples
+
+    frozen = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    frozen.flags.writeable = False
+    free = np.arange(3, dtype=np.int64)
+    out = CollateSamples()({"frames": frozen, "ids": free, "video_id": np.array(["a", "b", "c"], dtype=object)})
+    out["frames"][0, 0] = 99                                 # in place: must not reach the read-only buffer
+    assert frozen[0, 0] == 0 and out["frames"][0, 0] == 99
+    assert out["ids"].data_ptr() == free.ctypes.data         # writable: wrapped, not copied
+    assert out["video_id"] == ["a", "b", "c"]

@@ -120,7 +120,11 @@ class DecodeSamples:
 
 
 class CollateSamples(NumpyBatchCollateFn):
-    """``iter_torch_batches`` collate: numeric arrays → torch tensors, strings → lists of str."""
+    """``iter_torch_batches`` collate: numeric arrays → torch tensors, strings → lists of str.
+
+    Arrays that are views of read-only (Arrow) memory — what Parquet datasource v1 blocks arrive as — are copied:
+    a tensor over them would let an in-place op (masking, augmentation) write into Ray's buffers. Writable arrays
+    are wrapped without a copy."""
 
     def __call__(self, batch: dict) -> dict:
         import torch
@@ -129,8 +133,9 @@ class CollateSamples(NumpyBatchCollateFn):
         for key, value in batch.items():
             if value.dtype == object or value.dtype.kind in "US":
                 out[key] = [str(v) for v in value]
-            else:
-                out[key] = torch.from_numpy(np.ascontiguousarray(value))
+                continue
+            array = np.ascontiguousarray(value)
+            out[key] = torch.from_numpy(array if array.flags.writeable else array.copy())
         return out
 
 
