@@ -160,6 +160,10 @@ def test_spec_describes_the_image_data_the_model_reads(name):
     assert 0 < len(chosen) < len(list(model.parameters()))
     assert {id(p) for p in model.classifier.parameters()} <= {id(p) for p in chosen}
     assert get_spec("resnet32").task("classification").data.image_size == 32 and RESNET32.blocks_per_stage == 5
+    # CIFAR: crop + flip; digits: none (a mirrored digit is another shape, and the experiment uses none)
+    assert data.augment == ("none" if name == "resnet_digits" else "crop_flip")
+    with pytest.raises(ValueError, match="data.augment"):
+        data.__class__(modality="image", augment="flip").check(name)
 
 
 def test_resnet_tiny_is_in_the_contract_suite_and_trains_with_meltr():
