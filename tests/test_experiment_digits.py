@@ -117,4 +117,5 @@ def test_ray_tune_picks_gamma_and_beta_for_resnet_digits_on_digits_shards(ray_cl
         assert 1 <= result.metrics["epoch"] <= 2 and result.metrics["meta_steps"] > 0
     best = results.get_best_result()
     assert best.metrics["val_accuracy"] == max(r.metrics["val_accuracy"] for r in results)
-    assert best.metrics["val_accuracy"] > 20.0          # two epochs of 37 updates: well above chance (10 %)
+    print({(r.config["reg_weight"], r.config["meltr_lr"]): r.metrics["val_accuracy"] for r in results})
+    assert best.metrics["val_accuracy"] > 80.0          # 74 updates (in memory, the same recipe: 93.5 %)

@@ -262,13 +262,15 @@ def build_datasets(shard_dir: str, *, splits=("train", "val"), num_frames: int =
                    min_frames: int = 1, text_mode: str = "all", decoder="decord", num_options: int = 5,
                    max_feature_frames: int = 48, decode_timeout_s: float | None = 60.0,
                    on_bad_row: Callable | None = None, log_name: str | None = BAD_ROW_LOG,
-                   seed: int | None = None) -> dict:
+                   augment: str = "crop_flip", seed: int | None = None) -> dict:
     """``{split: ray.data.Dataset}`` of samples from the shards under ``shard_dir``.
 
     ``items`` is the kind of sample each row yields (:data:`meltr_ray.data.items.ITEM_KINDS`: ``captions``,
     ``qa_mc``, ``qa_oe``, ``labels``, ``scores``, ``rows``) — a backbone task's ``spec.data.items``.
     ``pad_to_square`` (Violet) zero-pads each frame centred to a square before the resize; ``resize_mode``
-    ('stretch' | 'pad' | 'crop') overrides it. Splits without shards are left out of the result. The
+    ('stretch' | 'pad' | 'crop') overrides it. ``augment`` is what the image modality's training splits get
+    (``crop_flip`` | ``crop`` | ``none``: the backbone spec's ``data.augment``); other splits get none. Splits
+    without shards are left out of the result. The
     vocabulary and answer list are read here and shipped to the decode actors (they need not be on every
     node); the shards themselves must be readable from every node (shared storage or ``s3://…``).
     """
@@ -289,7 +291,7 @@ def build_datasets(shard_dir: str, *, splits=("train", "val"), num_frames: int =
             log.warning("no shards for split %r in %s", split, shard_dir)
             continue
         kwargs = dict(common, split=split, sampling=sampling if split in TRAIN_SPLITS else "uniform",
-                      augment=split in TRAIN_SPLITS)          # image crop + flip: training splits only
+                      augment=augment if split in TRAIN_SPLITS else "none")   # images: training splits only
         plan = ReadPlan.for_files(files, decode_actors)
         with plan.applied():
             read = ray.data.read_parquet(files, shuffle="files" if split in TRAIN_SPLITS else None)

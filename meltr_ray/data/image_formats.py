@@ -24,6 +24,7 @@ nothing is ever downloaded.
 from __future__ import annotations
 
 import os
+import zlib
 from typing import Iterator
 
 import numpy as np
@@ -104,8 +105,15 @@ def image_record(row_id: str, split: str, source: str, data: bytes, pixels: np.n
     rec = new_record(row_id, source, split)
     codec = "jpeg" if data[:2] == b"\xff\xd8" else "png"
     rec.update(video_bytes=data, codec=codec, height=int(pixels.shape[0]), width=int(pixels.shape[1]),
-               n_frames=1, label=int(label), captions=[class_name])
+               n_frames=1, label=int(label), captions=[class_name], shard_order=shard_order(row_id))
     return rec
+
+
+def shard_order(row_id: str) -> str:
+    """Where the row goes in its split's shards: a hash of its id first. Image ids start with their class
+    (``cat/img0``, CIFAR's ``apple_s_000022``), and rows written in id order would stream as one-class row
+    groups — one-class batches, which BatchNorm and the loss both suffer from; the hash mixes the classes."""
+    return f"{zlib.crc32(row_id.encode()):08x}/{row_id}"
 
 
 def read_image_folder(annotations: str, resize: int | str | None = None, **_) -> Iterator[dict | Skip]:

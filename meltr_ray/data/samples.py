@@ -16,7 +16,7 @@ Output (numpy, one entry per sample; the collate turns numbers into tensors and 
 ``score`` float32; ``vq_ids`` int64 (T, h, w) when ``vq_grid`` is set (-1 where a row has no codes);
 ``features`` float32 (F, D) and ``feature_mask`` int64 (F,) for feature datasets; ``images`` uint8 (S, S, 3) and
 ``aug_seed`` int64 for image datasets (one sample per row; :mod:`meltr_ray.data.image` decodes, resizes and, with
-``augment``, crops and flips).
+``augment`` = ``crop_flip`` | ``crop``, crops and flips).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from .image import empty_image_batch, image_sample
+from .image import check_augment, empty_image_batch, image_sample
 from .items import TARGET_KEYS, check_kind, text_items
 from .tokenize import encode_mc_prompts, encode_texts, load_tokenizer
 from .video import DecodeError, describe_error, get_decoder, sample_clip
@@ -62,7 +62,7 @@ class SampleBuilder:
                  resize_mode: str = "stretch", min_frames: int = 1, decoder="decord", modality: str = "video",
                  vq_grid: tuple[int, int] | None = None, feature_dim: int = 0, num_options: int = 5,
                  answer_vocab: list[str] | None = None, text_mode: str = "all", max_feature_frames: int = 48,
-                 decode_timeout_s: float | None = 60.0, augment: bool = False,
+                 decode_timeout_s: float | None = 60.0, augment: str = "none",
                  seed: "int | list[int] | None" = None, on_bad_row: BadRowHook | None = None):
         check_kind(items)
         if text_mode not in ("all", "random"):
@@ -72,7 +72,7 @@ class SampleBuilder:
         self.modality, self.vq_grid, self.num_options, self.text_mode = modality, vq_grid, num_options, text_mode
         self.max_feature_frames, self.decode_timeout_s = max_feature_frames, decode_timeout_s
         self.feature_dim = feature_dim
-        self.augment = augment                   # image modality: random crop + flip (training splits only)
+        self.augment = check_augment(augment)    # image modality: crop_flip | crop | none (training splits)
         self.answer_index = {a: i for i, a in enumerate(answer_vocab or [])}
         self.tokenizer = load_tokenizer(vocab_path) if vocab_path else None
         self.decoder = get_decoder(decoder) if modality == "video" else None

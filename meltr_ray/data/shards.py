@@ -1,6 +1,8 @@
 """Shard planning and writing for ``meltr-ray ingest`` (see :mod:`meltr_ray.data.ingest`).
 
-The plan is a pure function of the records and the options: per split, records sorted by id, cut into shards
+The plan is a pure function of the records and the options: per split, records sorted by id (or by their
+``shard_order`` when a converter sets one: image rows are shuffled by a hash of their id, since ids that start
+with the class would give single-class row groups and batches), cut into shards
 of about ``shard_bytes`` of source data. Each shard's :func:`plan_hash` goes into its ``.done.json`` sidecar so
 a re-run can tell a finished shard from a stale one.
 """
@@ -22,7 +24,7 @@ def plan_shards(records: list[dict], videos: str | None, shard_bytes: int, max_r
     """``{shard file name: [records]}``: per split, records sorted by id, cut at ``shard_bytes`` of source."""
     plan: dict[str, list] = {}
     for split in sorted({r["split"] for r in records}):
-        rows = sorted((r for r in records if r["split"] == split), key=lambda r: r["id"])
+        rows = sorted((r for r in records if r["split"] == split), key=lambda r: r.get("shard_order") or r["id"])
         chunk, size = [], 0
         for rec in rows:
             rec_size = _source_size(rec, videos)
@@ -64,7 +66,7 @@ def plan_hash(rows: list[dict], videos: str | None, options: dict) -> str:
 # ---- writing ----------------------------------------------------------------------------------------------
 def shard_row(rec: dict, probe: dict | None, videos: str | None) -> dict:
     """A schema row from a record and its probe result (reads the video bytes)."""
-    row = {k: v for k, v in rec.items() if k not in ("video", "features", "vq_frames")}
+    row = {k: v for k, v in rec.items() if k not in ("video", "features", "vq_frames", "shard_order")}
     row["source"] = rec.get("video") or ""
     if rec.get("features") is not None:
         feats = np.asarray(rec["features"], dtype=np.float32)

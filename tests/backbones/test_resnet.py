@@ -160,6 +160,10 @@ def test_spec_describes_the_image_data_the_model_reads(name):
     assert 0 < len(chosen) < len(list(model.parameters()))
     assert {id(p) for p in model.classifier.parameters()} <= {id(p) for p in chosen}
     assert get_spec("resnet32").task("classification").data.image_size == 32 and RESNET32.blocks_per_stage == 5
+    # CIFAR: crop + flip; digits: none (a mirrored digit is another shape, and the experiment uses none)
+    assert data.augment == ("none" if name == "resnet_digits" else "crop_flip")
+    with pytest.raises(ValueError, match="data.augment"):
+        data.__class__(modality="image", augment="flip").check(name)
 
 
 def test_resnet_tiny_is_in_the_contract_suite_and_trains_with_meltr():
@@ -175,3 +179,18 @@ def test_resnet_tiny_is_in_the_contract_suite_and_trains_with_meltr():
     metrics = run.fit(lambda epoch: batches)
     assert run.trainer.counters.meta_steps == 3 and run.trainer.counters.skipped_meta == 0
     assert np.isfinite(metrics["train_loss"])
+
+
+def test_only_the_clean_forward_moves_the_batchnorm_running_statistics():
+    model = create_backbone("resnet_tiny")
+    batch = batch_for("resnet_tiny", size=16)
+    clean = create_backbone("resnet_tiny")
+    clean.load_state_dict(model.state_dict())
+    model(batch)                                        # ce + mixup + rotation
+    clean(batch, tasks=["ce"])                          # the clean forward alone
+    for (name, a), b in zip(model.state_dict().items(), clean.state_dict().values()):
+        assert torch.equal(a, b), name
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model(batch, tasks=["mixup", "rotation"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.stem[1].momentum == 0.1                # restored

@@ -155,7 +155,7 @@ def test_val_samples_are_the_images_and_train_samples_a_crop_and_flip_of_them(tm
     written = image_tree(str(tmp_path / "images"))
     batch = image_rows(written)
     val = SampleBuilder(items="rows", modality="image", image_size=8, seed=0)(batch)
-    train = SampleBuilder(items="rows", modality="image", image_size=8, seed=0, augment=True)(batch)
+    train = SampleBuilder(items="rows", modality="image", image_size=8, seed=0, augment="crop_flip")(batch)
     originals = np.stack([written[i] for i in sorted(written)])
     assert np.array_equal(val["images"], originals) and list(val["label"]) == [0, 0, 0, 1, 1, 1]
     assert val["aug_seed"].dtype == np.int64 and len(set(val["aug_seed"].tolist())) == 6
@@ -179,6 +179,19 @@ def test_images_are_resized_to_the_run_size_and_bad_bytes_are_reported(tmp_path)
     assert empty["images"].shape == (0, 32, 32, 3) and empty["aug_seed"].shape == (0,)
 
 
+def test_crop_without_flip_never_mirrors_and_an_unknown_mode_is_an_error(tmp_path):
+    written = image_tree(str(tmp_path / "images"))
+    batch = image_rows(written)
+    crops = SampleBuilder(items="rows", modality="image", image_size=8, seed=0, augment="crop")(batch)
+    pad = crop_padding(8)
+    for got, row_id in zip(crops["images"], sorted(written)):
+        padded = np.pad(written[row_id], ((pad, pad), (pad, pad), (0, 0)))
+        shifts = [padded[t:t + 8, l:l + 8] for t in range(2 * pad + 1) for l in range(2 * pad + 1)]
+        assert any(np.array_equal(got, v) for v in shifts)
+    with pytest.raises(ValueError, match="augment"):
+        SampleBuilder(items="rows", modality="image", augment="mixup")
+
+
 def test_random_crop_flip_uses_the_generator_only():
     image = pixels_for(3, size=(32, 32))
     first = random_crop_flip(image, np.random.default_rng(5))
@@ -189,7 +202,22 @@ def test_random_crop_flip_uses_the_generator_only():
 def test_samples_feed_the_resnet(tmp_path):
     from meltr_ray.backbones import create_backbone
     batch = image_rows(image_tree(str(tmp_path / "images"), size=(16, 16)))
-    samples = SampleBuilder(items="rows", modality="image", image_size=16, seed=0, augment=True)(batch)
+    samples = SampleBuilder(items="rows", modality="image", image_size=16, seed=0, augment="crop_flip")(batch)
     model = create_backbone("resnet_tiny")
     losses = model({k: torch.from_numpy(v) for k, v in samples.items() if v.dtype != object})
     assert list(losses) == ["ce", "mixup", "rotation"] and all(torch.isfinite(v) for v in losses.values())
+
+
+def test_image_rows_are_written_in_a_class_mixing_order(tmp_path):
+    root = tmp_path / "images"
+    for c in range(4):
+        for i in range(16):
+            write_png(str(root / f"class{c}" / f"img{i:02d}.png"), pixels_for(16 * c + i))
+    out = str(tmp_path / "shards")
+    ingest("image-folder", annotations=str(root), out=out, progress=False)
+    meta = json.load(open(os.path.join(out, "dataset.json")))
+    labels = [lab for f in meta["splits"]["train"]
+              for lab in pq.read_table(os.path.join(out, f), columns=["label"]).column("label").to_pylist()]
+    assert sorted(labels) == sorted([c for c in range(4) for _ in range(16)])
+    first_quarter = labels[:16]
+    assert len(set(first_quarter)) >= 3               # in id order these would all be class 0

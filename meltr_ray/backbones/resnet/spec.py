@@ -20,9 +20,9 @@ LOSSES = ("ce", "mixup", "rotation")           # MELTR input order, primary firs
 BATCH_KEYS = ("images", "label", "aug_seed")
 
 
-def _tasks(image_size: int, mean: tuple, std: tuple, preset: str | None) -> dict:
+def _tasks(image_size: int, mean: tuple, std: tuple, preset: str | None, augment: str) -> dict:
     data = DataSpec(modality="image", num_frames=1, max_frames=1, image_size=image_size, resize_mode="stretch",
-                    mean=mean, std=std, text_len=1, batch_keys=BATCH_KEYS, items="rows")
+                    mean=mean, std=std, text_len=1, batch_keys=BATCH_KEYS, items="rows", augment=augment)
     return {"classification": TaskSpec(losses=LOSSES, meltr_preset=preset, data=data)}
 
 
@@ -53,8 +53,8 @@ def _example_batch(variant: str, name: str):
 
 
 def _spec(variant: str, name: str, description: str, image_size: int, mean: tuple, std: tuple,
-          preset: str | None = None) -> BackboneSpec:
-    return BackboneSpec(family=FAMILY, tasks=_tasks(image_size, mean, std, preset),
+          preset: str | None = None, augment: str = "crop_flip") -> BackboneSpec:
+    return BackboneSpec(family=FAMILY, tasks=_tasks(image_size, mean, std, preset, augment),
                         build=_builder(variant, name), default_task="classification",
                         default_meta_scope=default_meta_scope, checkpoint_filter=_filter,
                         example_batch=_example_batch(variant, name), description=description)
@@ -66,7 +66,7 @@ SPECS = {
     "resnet32": _spec("RESNET32", "resnet32", "CIFAR ResNet-32 (3×5 basic blocks, 16/32/64, option-A shortcuts), "
                       "~0.47M parameters with 100 classes; supplementary §H", 32, *_CIFAR),
     "resnet_digits": _spec("RESNET_DIGITS", "resnet_digits", "ResNet-8 (3×1 blocks, 16/32/64) for 8-px images, "
-                           "10 classes: the digits experiment", 8, *_HALF),
+                           "10 classes: the digits experiment", 8, *_HALF, augment="none"),
     "resnet_tiny": _spec("RESNET_TINY", "resnet_tiny", "test size: 3×1 blocks, 4/8/16 wide, 10 classes, 16 px",
                          16, *_HALF, preset="meltr_tiny"),
 }

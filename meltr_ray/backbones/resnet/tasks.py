@@ -10,14 +10,21 @@ With x the normalised images, y the labels, f the trunk, h_c the class head and 
 deterministic function of the batch's per-sample ``aug_seed`` (drawn by the data layer), never of a global
 random state: the replay buffer's batches and the meta step's second forward of a batch see exactly the draws
 the inner step saw, so ℓ(B) is one function of the weights and not a new sample each time it is evaluated.
+
+BatchNorm normalises every forward with its own batch statistics, but only the clean forward of ℓ_ce updates
+the running statistics that evaluation uses: the mixed and rotated images are not what the model is evaluated
+on, and two thirds of the forwards would otherwise be theirs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ...metrics.classification import AccuracyMeter
 
@@ -60,6 +67,24 @@ def rotate(x: torch.Tensor, quarter_turns: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@contextlib.contextmanager
+def running_stats_frozen(model):
+    """BatchNorm layers normalise with batch statistics as usual but leave their running statistics as they are
+    (momentum 0: running = 1·running + 0·batch), so auxiliary forwards do not shift what evaluation uses."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
 def _check_tasks(tasks) -> list[str]:
     wanted = list(LOSSES) if tasks is None else list(tasks)
     unknown = [t for t in wanted if t not in LOSSES]
@@ -89,11 +114,12 @@ def task_losses(model, batch: dict, tasks=None) -> dict:
             raise ValueError("batch has no 'aug_seed': the mixup and rotation losses draw from per-image seeds "
                              "the data layer adds (meltr_ray.data.image)")
         draws = augmentation_draws(batch["aug_seed"], model.cfg.mixup_alpha, x.device)
-        if "mixup" in wanted:
-            out["mixup"] = mixup_loss(model, x, y, draws)
-        if "rotation" in wanted:
-            out["rotation"] = F.cross_entropy(model.rotation_head(model.features(rotate(x, draws.rotation))),
-                                              draws.rotation)
+        with running_stats_frozen(model):
+            if "mixup" in wanted:
+                out["mixup"] = mixup_loss(model, x, y, draws)
+            if "rotation" in wanted:
+                out["rotation"] = F.cross_entropy(model.rotation_head(model.features(rotate(x, draws.rotation))),
+                                                  draws.rotation)
     return {name: out[name] for name in LOSSES if name in out}
 
 
