@@ -80,28 +80,76 @@ def _pyav_part(args) -> int:
     return len(blobs)
 
 
-def tree_cpu_seconds(pid: int | None = None) -> float:
-    """CPU seconds (user + system) of process ``pid`` and all its descendants, reaped ones included (Linux)."""
-    pid = pid or os.getpid()
-    tick = os.sysconf("SC_CLK_TCK")
-    stats = {}
+def _proc_table() -> dict[int, tuple[int, float, str]]:
+    """pid → (ppid, own CPU seconds (user + system, reaped children not included), name) of every process."""
+    tick, table = os.sysconf("SC_CLK_TCK"), {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
+                    head, rest = f.read().rsplit(")", 1)
             except OSError:
                 continue
-            stats[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))   # ppid, u+s+cu+cs
-    children: dict[int, list] = {}
-    for p, (ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(p)
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        total += stats.get(p, (0, 0))[1]
-        todo += children.get(p, [])
-    return total / tick
+            fields = rest.split()
+            table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, head.split("(", 1)[1])
+    return table
+
+
+class CpuMeter:
+    """CPU seconds used by this process and all its descendants since ``start``, including processes that
+    have exited since: a thread samples /proc every ``interval`` s and keeps each pid's last value (Ray's
+    short-lived workers and actors, reaped by the raylet or not, would otherwise drop out of a tree sum)."""
+
+    def __init__(self, interval: float = 0.1):
+        import threading
+        self.interval, self.last, self.base, self.names, self.started = interval, {}, {}, {}, False
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _descendants(self, table: dict) -> list[int]:
+        children: dict[int, list] = {}
+        for pid, (ppid, _, _) in table.items():
+            children.setdefault(ppid, []).append(pid)
+        out, todo = [], [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo += children.get(pid, [])
+        return out
+
+    def sample(self) -> None:
+        table = _proc_table()
+        with self._lock:
+            for pid in self._descendants(table):
+                _, cpu, name = table[pid]
+                self.base.setdefault(pid, 0.0 if self.started else cpu)   # alive at start: count from now
+                self.last[pid], self.names[pid] = cpu, name
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def start(self) -> "CpuMeter":
+        self.sample()
+        self.started = True
+        self._thread.start()
+        return self
+
+    def read(self) -> float:
+        self.sample()
+        with self._lock:
+            return sum(cpu - self.base.get(pid, 0.0) for pid, cpu in self.last.items())
+
+    def by_name(self) -> dict[str, float]:
+        """CPU seconds per process name (Ray names its workers ``ray::<task or actor>``)."""
+        out: dict[str, float] = {}
+        with self._lock:
+            for pid, cpu in self.last.items():
+                out[self.names[pid]] = out.get(self.names[pid], 0.0) + cpu - self.base.get(pid, 0.0)
+        return out
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def in_processes(fn, blobs: list[bytes], procs: int, frames: int, size: int) -> tuple[float, float]:
@@ -109,9 +157,11 @@ def in_processes(fn, blobs: list[bytes], procs: int, frames: int, size: int) -> 
     parts = [(blobs[i::procs], frames, size) for i in range(procs)]
     with mp.get_context("fork").Pool(procs) as pool:
         pool.map(_noop, range(procs))                  # warm the pool (imports)
-        t0, c0 = time.perf_counter(), tree_cpu_seconds()
+        meter, t0 = CpuMeter().start(), time.perf_counter()
         done = sum(pool.map(fn, parts))
-        return done / (time.perf_counter() - t0), done / max(tree_cpu_seconds() - c0, 1e-9)
+        wall, cpu = time.perf_counter() - t0, meter.read()
+        meter.stop()
+        return done / wall, done / max(cpu, 1e-9)
 
 
 def _noop(_):
@@ -120,33 +170,55 @@ def _noop(_):
 
 
 # ---- the Ray pipeline --------------------------------------------------------------------------------------
+def consume(shard_dir: str, vocab: str, n: int, procs: int, frames: int, size: int, batch: int,
+            meter: "CpuMeter") -> dict:
+    """Build the pipeline (``build_datasets``, as a trial does) and drain it into a consumer loop; returns the
+    times (s, from the call) and tree CPU-seconds at the first batch, at 20 % of the clips and at the end."""
+    from meltr_ray.cluster.data import CollateSamples, build_datasets
+    t0, c0 = time.perf_counter(), meter.read()
+    ds = build_datasets(shard_dir, splits=("train",), num_frames=frames, image_size=size, max_text_len=16,
+                        vocab_path=vocab, items="captions", decode_actors=procs, decode_cpus=0.5,
+                        decode_batch_rows=8, log_name=None)["train"]
+    out, seen = {}, 0
+    for b in ds.iter_torch_batches(batch_size=batch, collate_fn=CollateSamples(), prefetch_batches=2):
+        seen += len(b["video_id"])
+        if "first" not in out:
+            out["first"] = (time.perf_counter() - t0, meter.read() - c0)
+            out["first_by_process"] = meter.by_name()
+        if "at20" not in out and seen >= 0.2 * n:
+            out["at20"] = (time.perf_counter() - t0, meter.read() - c0, seen)
+    out["end"] = (time.perf_counter() - t0, meter.read() - c0)
+    assert seen == n, f"pipeline delivered {seen} of {n} clips"
+    return out
+
+
 def ray_pipeline(shard_dir: str, vocab: str, n: int, procs: int, frames: int, size: int, batch: int) -> dict:
-    """End-to-end and steady clips/s of the pipeline into a consumer loop (includes ``ray.init``)."""
+    """Two passes in one Ray session: ``cold`` (the clock starts before ``ray.init``) and ``warm`` (Ray already up,
+    as for every trial and epoch after the first). clips/s and clips per CPU-second end to end, in steady state
+    (20 %→100 % of the clips, cold pass) and the first batch's delay."""
     import ray
-    t0, c0 = time.perf_counter(), tree_cpu_seconds()
+    meter = CpuMeter().start()
+    t0 = time.perf_counter()
     ray.init(address="local", num_cpus=procs, include_dashboard=False, logging_level="ERROR",
              log_to_driver=False)
+    init = (time.perf_counter() - t0, meter.read())
     try:
         import ray.data
-        from meltr_ray.cluster.data import CollateSamples, build_datasets
         ray.data.DataContext.get_current().enable_progress_bars = False
-        ds = build_datasets(shard_dir, splits=("train",), num_frames=frames, image_size=size, max_text_len=16,
-                            vocab_path=vocab, items="captions", decode_actors=procs, decode_cpus=0.5,
-                            decode_batch_rows=8, log_name=None)["train"]
-        stamps, seen, cpu20 = [], 0, None
-        for b in ds.iter_torch_batches(batch_size=batch, collate_fn=CollateSamples(), prefetch_batches=2):
-            seen += len(b["video_id"])
-            stamps.append((time.perf_counter(), seen))
-            if cpu20 is None and seen >= 0.2 * n:
-                cpu20 = tree_cpu_seconds()
-        end, cpu_end = time.perf_counter(), tree_cpu_seconds()
+        cold = consume(shard_dir, vocab, n, procs, frames, size, batch, meter)
+        warm = consume(shard_dir, vocab, n, procs, frames, size, batch, meter)
     finally:
         ray.shutdown()
-    assert seen == n, f"pipeline delivered {seen} of {n} clips"
-    t20, s20 = next((t, s) for t, s in stamps if s >= 0.2 * n)
-    return {"end_to_end": n / (end - t0), "steady": (n - s20) / max(end - t20, 1e-9),
-            "first_batch_s": stamps[0][0] - t0, "per_cpu_s": n / (cpu_end - c0),
-            "steady_per_cpu_s": (n - s20) / max(cpu_end - cpu20, 1e-9)}
+        meter.stop()
+    (t_end, c_end), (t20, c20, s20) = cold["end"], cold["at20"]
+    return {"init_s": init[0], "init_cpu_s": init[1],
+            "first_batch_s": init[0] + cold["first"][0], "first_after_init_s": cold["first"][0],
+            "first_after_init_cpu_s": cold["first"][1],
+            "end_to_end": n / (init[0] + t_end), "per_cpu_s": n / (init[1] + c_end),
+            "steady": (n - s20) / max(t_end - t20, 1e-9), "steady_per_cpu_s": (n - s20) / max(c_end - c20, 1e-9),
+            "warm_end_to_end": n / warm["end"][0], "warm_per_cpu_s": n / warm["end"][1],
+            "warm_first_s": warm["first"][0], "warm_first_cpu_s": warm["first"][1],
+            "first_by_process": cold["first_by_process"]}
 
 
 def main(argv=None) -> None:
@@ -161,7 +233,14 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeat", type=int, default=2, help="rounds of the plain-process measurements")
     p.add_argument("--workdir", default=None)
+    p.add_argument("--cpu-breakdown", action="store_true",
+                   help="print the CPU-seconds of each process (by name) up to the first batch")
+    p.add_argument("--datasource", choices=["auto", "v2", "v1"], default="auto",
+                   help="Ray Data's Parquet reader: auto = build_datasets' choice (v1 for local splits up to "
+                        "512 MiB), v2 = footer actors + ListFiles every epoch, v1 = footers read on the driver")
     args = p.parse_args(argv)
+    if args.datasource != "auto":                     # read by build_datasets (and by Ray Data's defaults)
+        os.environ["RAY_DATA_USE_DATASOURCE_V2"] = "1" if args.datasource == "v2" else "0"
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     work = args.workdir or tempfile.mkdtemp(prefix="bench_data_")
     from meltr_ray.data.ingest import ingest
@@ -170,10 +249,10 @@ def main(argv=None) -> None:
     ann = os.path.join(work, "ann.jsonl")
     if not os.path.exists(ann) or sum(1 for _ in open(ann)) != args.clips:       # re-use an earlier --workdir
         ann = make_clips(work, args.clips, args.size, args.seconds, args.fps)
-    report = ingest("jsonl", videos=os.path.join(work, "videos"), annotations=ann, out=os.path.join(work, "shards"),
+    ingested = ingest("jsonl", videos=os.path.join(work, "videos"), annotations=ann, out=os.path.join(work, "shards"),
                     workers=args.procs, progress=False, row_group_rows=16)
     vocab = build_vocab([t for x in open(ann) for t in json.loads(x)["text"]], os.path.join(work, "vocab.txt"), 300)
-    print(f"setup: {args.clips} clips {args.size}² × {args.seconds:g} s, {report.bytes_written / 1e6:.1f} MB of "
+    print(f"setup: {args.clips} clips {args.size}² × {args.seconds:g} s, {ingested.bytes_written / 1e6:.1f} MB of "
           f"shards, {time.perf_counter() - t:.1f} s (not measured)")
     blobs = shard_bytes(os.path.join(work, "shards"))
     load0 = os.getloadavg()[0]
@@ -184,21 +263,37 @@ def main(argv=None) -> None:
             res[key], per_cpu[key] = max(res.get(key, 0), wall), max(per_cpu.get(key, 0), cpu)
     ray_res = ray_pipeline(os.path.join(work, "shards"), vocab, args.clips, args.procs, args.frames,
                            args.out_size, args.batch)
-    res["ray_steady"], res["ray_end_to_end"] = ray_res["steady"], ray_res["end_to_end"]
-    per_cpu["ray_end_to_end"], per_cpu["ray_steady"] = ray_res["per_cpu_s"], ray_res["steady_per_cpu_s"]
-    print(f"task: uniform {args.frames} frames → {args.out_size}², {args.procs} processes/actors; "
-          f"load average {load0:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    for key in ("end_to_end", "steady", "warm_end_to_end"):
+        res[f"ray_{key}"] = ray_res[key]
+    per_cpu.update(ray_end_to_end=ray_res["per_cpu_s"], ray_steady=ray_res["steady_per_cpu_s"],
+                   ray_warm_end_to_end=ray_res["warm_per_cpu_s"])
+    print(summary(args, res, per_cpu, ray_res, load0))
+
+
+def summary(args, res: dict, per_cpu: dict, ray_res: dict, load0: float) -> str:
+    """The measured numbers, the ratios to decord alone and the targets."""
+    lines = [f"task: uniform {args.frames} frames → {args.out_size}², {args.clips} clips of {args.seconds:g} s, "
+             f"{args.procs} processes/actors, Parquet {args.datasource}; load average {load0:.1f} → "
+             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"]
     for key, value in res.items():
-        extra = f"   {per_cpu[key]:6.1f} clips per CPU-s" if key in per_cpu else ""
-        print(f"  {key:16s} {value:8.1f} clips/s{extra}")
-    print(f"  ray first batch  {ray_res['first_batch_s']:8.1f} s after the start of ray.init")
-    print(f"ratios: ray steady / decord = {res['ray_steady'] / res['decord']:.2f} (target ≥ 0.95); "
-          f"ray end-to-end / decord = {res['ray_end_to_end'] / res['decord']:.2f} (target ≥ 0.8 at 500 clips); "
-          f"decord / pyav decode-only = {res['decord'] / res['pyav_limit']:.2f}; "
-          f"ray steady / pyav decode-only = {res['ray_steady'] / res['pyav_limit']:.2f}")
-    print(f"per CPU-second: ray steady / decord = {per_cpu['ray_steady'] / per_cpu['decord']:.2f}, "
-          f"ray end-to-end / decord = {per_cpu['ray_end_to_end'] / per_cpu['decord']:.2f}, "
-          f"decord / pyav decode-only = {per_cpu['decord'] / per_cpu['pyav_limit']:.2f}")
+        lines.append(f"  {key:20s} {value:8.1f} clips/s   {per_cpu[key]:6.1f} clips per CPU-s")
+    r = ray_res
+    lines += [f"  ray.init            {r['init_s']:8.1f} s        {r['init_cpu_s']:6.1f} CPU-s",
+              f"  first batch         {r['first_after_init_s']:8.1f} s after ray.init ({r['first_batch_s']:.1f} s "
+              f"from its start), {r['first_after_init_cpu_s']:.1f} CPU-s after ray.init",
+              f"  first batch, warm   {r['warm_first_s']:8.1f} s after build_datasets, "
+              f"{r['warm_first_cpu_s']:.1f} CPU-s"]
+    if args.cpu_breakdown:
+        top = sorted(r["first_by_process"].items(), key=lambda kv: -kv[1])[:14]
+        lines.append("  CPU-s by process from ray.init to the first batch: "
+                     + ", ".join(f"{name} {cpu:.1f}" for name, cpu in top))
+    for clock, table in (("wall", res), ("per CPU-second", per_cpu)):
+        d = table["decord"]
+        lines.append(f"{clock}: ray steady / decord = {table['ray_steady'] / d:.2f} (target ≥ 0.95); "
+                     f"ray end to end / decord = {table['ray_end_to_end'] / d:.2f} (target ≥ 0.8 at 500 clips); "
+                     f"warm ray end to end / decord = {table['ray_warm_end_to_end'] / d:.2f}; "
+                     f"decord / pyav decode-only = {d / table['pyav_limit']:.2f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

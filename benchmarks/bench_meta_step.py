@@ -226,6 +226,25 @@ def build_model(size: dict) -> nn.Module:
     return MultiTaskTransformer(size["vocab"], size["hidden"], size["layers"], size["heads"], size["seq_len"])
 
 
+# ---- the physical floor (--floor) ---------------------------------------------------------------------
+def floor(size: dict, precision: str, device, rounds: int, variant: str = "meltr_k3") -> str:
+    """Markdown report of ``meta_step_floor.time_floor`` for ``variant`` against MTL."""
+    from meta_step_floor import floor_report, time_floor
+    torch.manual_seed(0)
+    base_model = build_model(size).to(device)
+    batches = make_batches(size, 12, device)
+    mtl, meltr = (Runner(make_trainer(v, base_model, size, precision, device), batches) for v in ("mtl", variant))
+    for runner in (mtl, meltr):
+        runner.steps(2 * META_EVERY)                    # warm-up; fills MELTR's replay buffer
+    parts = time_floor(mtl, meltr, META_EVERY, rounds, device)
+    clocks = ["cpu", "wall"] if device.type == "cpu" else ["wall"]
+    lines = [f"floor of {variant}: size={size['layers']}x{size['hidden']}, device={device}, precision={precision}, "
+             f"threads={torch.get_num_threads()}, torch {torch.__version__}", ""]
+    for clock in clocks:
+        lines += floor_report(parts, clock, META_EVERY) + [""]
+    return "\n".join(lines)
+
+
 # ---- peak memory (one fresh subprocess per variant) ------------------------------------------------------
 def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -267,8 +286,31 @@ def measure_memory(variants: list, args) -> dict:
 
 # ---- report ----------------------------------------------------------------------------------------------
 def _median_ms_and_ratio(times: dict, v: str) -> str:
+    ms, ratio = _median_and_ratio(times, v)
+    return f"{ms:.1f} ms | {ratio:.2f}"
+
+
+def _median_and_ratio(times: dict, v: str) -> tuple[float, float]:
+    """(median ms per step, median of the paired per-round ratios to MTL)."""
     ratios = [a / b for a, b in zip(times[v], times["mtl"])]
-    return f"{statistics.median(times[v]) * 1e3:.1f} ms | {statistics.median(ratios):.2f}"
+    return statistics.median(times[v]) * 1e3, statistics.median(ratios)
+
+
+def numbers(per_step: dict, memory: dict | None, device, args) -> dict:
+    """The report's numbers as a dict (``--json``): per variant ms / step and × MTL per clock, memory."""
+    mem_key = (lambda m: m["peak"]) if device.type == "cuda" else (lambda m: m["peak"] - m["before"])
+    out = {"size": args.size, "precision": args.precision, "device": str(device),
+           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "threads": torch.get_num_threads(), "variants": {}}
+    for v in per_step["wall"]:
+        row = {}
+        for clock in per_step:
+            row[f"{clock}_ms"], row[f"{clock}_x_mtl"] = _median_and_ratio(per_step[clock], v)
+        if memory:
+            row["memory_mib"] = mem_key(memory[v]) / 2 ** 20
+            row["memory_x_mtl"] = mem_key(memory[v]) / mem_key(memory["mtl"])
+        out["variants"][v] = row
+    return out
 
 
 def report(per_step: dict, memory: dict, device, args, size: dict) -> str:
@@ -310,6 +352,10 @@ def main(argv=None) -> None:
                         help=f"comma-separated, from {list(VARIANTS)}; mtl is always run")
     parser.add_argument("--levers", action="store_true", help="run every variant, the levers included")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--floor", action="store_true",
+                        help="time the meta step's physical floor (two scoped forwards + the products) next to "
+                             "the full meta step, for meltr_k3 (see meta_step_floor.py)")
+    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.device = args.device or ("cuda" if args.size == "gpu" else "cpu")
@@ -318,6 +364,9 @@ def main(argv=None) -> None:
     device, size = torch.device(args.device), SIZES[args.size]
     if args.memory_of:
         print(json.dumps(measure_memory_here(args.memory_of, size, args.precision, device)))
+        return
+    if args.floor:
+        print(floor(size, args.precision, device, args.rounds or 2 * size["rounds"]))
         return
     chosen = list(VARIANTS) if args.levers else args.variants.split(",")
     variants = ["mtl"] + [v for v in chosen if v and v != "mtl"]
@@ -332,6 +381,9 @@ def main(argv=None) -> None:
         memory = measure_memory(variants, args)
     print()
     print(report(per_step, memory, device, args, size))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(numbers(per_step, memory, device, args), f, indent=1)
 
 
 if __name__ == "__main__":

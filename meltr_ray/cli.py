@@ -80,6 +80,55 @@ def run_ingest(args: argparse.Namespace) -> int:
     return 0 if report.rows_written else 1
 
 
+# ---- experiment --------------------------------------------------------------------------------------------
+def experiment_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", choices=["digits"], help="digits: MELTR vs fixed combinations on sklearn's digits")
+    p.add_argument("--out", default="experiment_digits", help="output folder (table .md/.json, plot .png)")
+    p.add_argument("--quick", action="store_true", help="one seed, a few updates per run: a smoke run")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 5; 1 with --quick)")
+    p.add_argument("--methods", help="comma-separated method keys (default: all)")
+    p.add_argument("--regimes", help="comma-separated regimes (default: 'all labels,20%% labels')")
+    p.add_argument("--steps", type=int, help="backbone updates per run in every regime (default: per regime)")
+    p.add_argument("--set", dest="overrides", action="append", type=_config_override, default=[],
+                   metavar="KEY=VALUE", help="config override for every run, e.g. --set meta.reg_weight=0.3")
+
+
+def _config_override(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE a number (``1e-4`` included, which YAML 1.1 reads as a string) or YAML."""
+    import yaml
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. meta.reg_weight=0.3), got {text!r}")
+    for number in (int, float):
+        try:
+            return key, number(value)
+        except ValueError:
+            pass
+    return key, yaml.safe_load(value)
+
+
+def run_experiment(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .experiments import digits, report
+    console = Console()
+    seeds = args.seeds or (1 if args.quick else 5)
+    steps = dict(digits.QUICK_STEPS) if args.quick else {}
+    if args.steps:
+        steps = {regime: args.steps for regime in digits.REGIMES}
+    result = digits.run_experiment(
+        seeds=tuple(range(seeds)), steps=steps, overrides=dict(args.overrides),
+        methods=tuple(args.methods.split(",")) if args.methods else digits.METHOD_KEYS,
+        regimes=tuple(args.regimes.split(",")) if args.regimes else tuple(digits.REGIMES),
+        progress=console.print)
+    paths = report.write_outputs(result, args.out)
+    console.print(report.rich_table(report.summarise(result)))
+    console.print(open(paths["markdown"], encoding="utf-8").read().split("\n\n", 1)[-1])
+    for kind, path in paths.items():
+        console.print(f"{kind}: {path}")
+    return 0
+
+
 # ---- inspect -------------------------------------------------------------------------------------------------
 def _reference(text: str):
     if text == "observed":
@@ -159,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 register("ingest", ingest_arguments, run_ingest, "videos (or features) + annotations → Parquet shards")
+register("experiment", experiment_arguments, run_experiment,
+         "measured experiments: `digits` = MELTR vs MTL, primary-only, fixed and linear on sklearn's digits")
 register("inspect", inspect_arguments, run_inspect,
          "plot what MELTR learned from a checkpoint (supplementary Fig. 1 and Fig. 3)")
 register("dashboard", dashboard_arguments, run_dashboard,

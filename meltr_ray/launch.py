@@ -150,8 +150,8 @@ def tune_main(task: str, argv=None, description: str | None = None, needs_data: 
     args = parser.parse_args(argv)
     problem = None if args.restore else unregistered_backbone(args.backbone)
     if problem is None and needs_data and not (args.data or args.restore):
-        problem = (f"--data is required (Parquet shards from `meltr-ray ingest`); the embedded demo is "
-                   f"launchers/tune_retrieval.py")
+        problem = ("--data is required (Parquet shards from `meltr-ray ingest`); the embedded demo is "
+                   "launchers/tune_retrieval.py")
     if problem is not None:
         print(f"{parser.prog}: error: {problem}", file=sys.stderr)
         return 2

@@ -250,7 +250,8 @@ def list_spaces() -> list[str]:
 
 def space_for(backbone: str, task: str) -> SearchSpace:
     """The shipped space for a backbone family and task (``violet_retrieval.yaml``), else ``default.yaml``."""
-    family = backbone.split("_")[0]
+    from .recipes import backbone_family
+    family = backbone_family(backbone)             # the spec's family: resnet32 → resnet
     # qa_mc / qa_oe share the family's QA space (violet_qa.yaml)
     for name in (f"{family}_{task}", f"{family}_{task.split('_')[0]}", "default"):
         if _shipped(name) is not None:

@@ -11,7 +11,7 @@ from meltr_ray.core.meltr import build_combiner
 
 from toy_models import ToyMultiTask, toy_batches
 
-SMALL_MELTR = {"meltr.d_model": 16, "meltr.d_ffn": 16, "meltr.d_scale": 8}
+SMALL_MELTR = {"meltr.preset": "meltr_tiny"}
 
 
 def make(overrides=None, seed=0):

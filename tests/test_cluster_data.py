@@ -20,9 +20,17 @@ NUM_FRAMES, SIZE = 4, 32
 
 
 class SlowDecoder(DecordDecoder):
-    """decord, except that data starting with HANG blocks (stand-in for a native decoder hang)."""
+    """decord, except that data starting with HANG blocks (stand-in for a native decoder hang); with
+    ``record_dir`` each decoding process writes down whether it has imported torch."""
+
+    def __init__(self, record_dir: str | None = None):
+        super().__init__()
+        self.record_dir = record_dir
 
     def read(self, data, choose, size):
+        if self.record_dir:
+            with open(os.path.join(self.record_dir, f"{os.getpid()}.json"), "w") as f:
+                json.dump({"torch": "torch" in sys.modules}, f)
         if bytes(data[:4]) == b"HANG":
             time.sleep(15)
         return super().read(data, choose, size)
@@ -79,9 +87,12 @@ def test_stream_delivers_right_frames_and_reports_every_bad_kind(ray_cluster, sh
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     shard_dir, bad = bad_shard_dir(shards, tmp_path)
+    record = tmp_path / "imports"
+    record.mkdir()
     ds = build_datasets(shard_dir, splits=("train",), num_frames=NUM_FRAMES, image_size=SIZE, max_text_len=12,
                         vocab_path=shards["vocab"], items="captions", sampling="random", decode_actors=2,
-                        min_frames=3, decoder=SlowDecoder(), decode_timeout_s=2.0, log_name="bad_rows_test1")
+                        min_frames=3, decoder=SlowDecoder(str(record)), decode_timeout_s=2.0,
+                        log_name="bad_rows_test1")
     seen, wrong = [], 0
     for batch in ds["train"].iter_torch_batches(batch_size=5, collate_fn=CollateSamples()):
         assert batch["frames"].dtype.is_floating_point is False and batch["frames"].shape[1:] == (4, 32, 32, 3)
@@ -96,6 +107,8 @@ def test_stream_delivers_right_frames_and_reports_every_bad_kind(ray_cluster, sh
     assert reasons["bad_too_short"].startswith("too short")
     assert reasons["bad_missing"] == "no video bytes" and reasons["bad_zero_length"] == "empty video bytes"
     assert reasons["bad_audio_only"] == "no video stream"
+    decoders = [json.load(open(f)) for f in record.iterdir()]
+    assert decoders and not any(d["torch"] for d in decoders)     # decode actors stay numpy-only
 
 
 def train_loop(config):
@@ -148,3 +161,92 @@ def test_dataset_meta_from_a_path_or_a_uri(shards):
     assert read_dataset_meta(shards["dir"])["vq_grid"] == [2, 2]
     with pytest.raises(FileNotFoundError):
         read_dataset_meta(str(shards["root"]))
+
+
+UDF_WITHOUT_TORCH = """
+import json, sys
+import numpy as np
+import pyarrow.parquet as pq
+from meltr_ray.cluster.data import DecodeSamples, _columns, read_dataset_meta
+from meltr_ray.data.tokenize import read_vocab
+
+shard_dir, vocab = sys.argv[1], sys.argv[2]
+meta = read_dataset_meta(shard_dir)
+table = pq.read_table(f"{shard_dir}/{meta['splits']['train'][0]}", columns=_columns(meta))
+batch = {}
+for name in table.column_names:                       # the numpy batch Ray Data hands the UDF
+    values = table.column(name).to_pylist()
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    batch[name] = column
+udf = DecodeSamples(split="train", items="captions", num_frames=4, image_size=32, max_text_len=12,
+                    vocab_path=read_vocab(vocab), vq_grid=tuple(meta["vq_grid"]), log=None)
+out = udf(batch)
+print(json.dumps({"torch": "torch" in sys.modules, "samples": len(out["sample_id"]),
+                  "frames": list(out["frames"].shape)}))
+"""
+
+
+def test_the_decode_udf_never_imports_torch(shards, tmp_path):
+    """Constructing and calling the decode UDF (as a decode actor does) imports numpy, decord and tokenizers,
+    never torch: an actor's start-up stays at Ray's own cost."""
+    import subprocess
+    script = tmp_path / "udf.py"
+    script.write_text(UDF_WITHOUT_TORCH)
+    proc = subprocess.run([sys.executable, str(script), shards["dir"], shards["vocab"]], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["samples"] > 0 and result["frames"][1:] == [NUM_FRAMES, SIZE, SIZE, 3]
+    assert result["torch"] is False
+
+
+def test_read_plan_sizes_start_up_from_the_split(tmp_path, monkeypatch):
+    import ray.data
+    from meltr_ray.cluster.data import BIN_ENV, FOOTER_ENV, V2_ENV, ReadPlan
+
+    for name in (BIN_ENV, FOOTER_ENV, V2_ENV):
+        monkeypatch.delenv(name, raising=False)
+    small = tmp_path / "small.parquet"
+    small.write_bytes(b"x" * (100 << 10))                 # 100 KiB: bins of 64 KiB → 2 blocks
+    plan = ReadPlan.for_files([str(small)], decode_actors=4)
+    assert (plan.bin_bytes, plan.footer_actors, plan.decode_actors, plan.datasource) == (64 << 10, 1, 2, "v1")
+    big = [str(tmp_path / f"s{i}.parquet") for i in range(130)]
+    for f in big:
+        with open(f, "wb") as out:
+            out.truncate(8 << 20)                          # 130 × 8 MiB (sparse): above the small-split size
+    plan = ReadPlan.for_files(big, decode_actors=4)
+    assert (plan.bin_bytes, plan.footer_actors, plan.decode_actors, plan.datasource) == (16 << 20, 3, 4, "v2")
+    remote = ReadPlan.for_files(["s3://bucket/a.parquet"], decode_actors=3)
+    assert (remote.bin_bytes, remote.footer_actors, remote.decode_actors, remote.datasource) == (None, 1, 3, "v2")
+    context = ray.data.DataContext.get_current()
+    before = context.use_datasource_v2
+    with ReadPlan.for_files([str(small)], 2).applied():
+        assert context.use_datasource_v2 is False
+    with plan.applied():
+        assert os.environ[BIN_ENV] == str(16 << 20) and os.environ[FOOTER_ENV] == "3"
+        assert context.use_datasource_v2 is True
+    assert BIN_ENV not in os.environ and FOOTER_ENV not in os.environ and context.use_datasource_v2 == before
+    monkeypatch.setenv(FOOTER_ENV, "7")                   # what the user exported wins, and stays
+    monkeypatch.setenv(V2_ENV, "1")
+    with ReadPlan.for_files([str(small)], 1).applied():
+        assert os.environ[FOOTER_ENV] == "7" and context.use_datasource_v2 == before
+    assert os.environ[FOOTER_ENV] == "7"
+    single = ReadPlan.for_files([str(small)], 1).compute()
+    assert (single.min_size, single.max_size) == (1, 1)
+    pool = plan.compute()
+    assert (pool.min_size, pool.max_size) == (1, 4)
+
+
+def test_collate_copies_read_only_arrays_only():
+    import numpy as np
+    from meltr_ray.cluster.data import CollateSamples
+
+    frozen = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    frozen.flags.writeable = False
+    free = np.arange(3, dtype=np.int64)
+    out = CollateSamples()({"frames": frozen, "ids": free, "video_id": np.array(["a", "b", "c"], dtype=object)})
+    out["frames"][0, 0] = 99                                 # in place: must not reach the read-only buffer
+    assert frozen[0, 0] == 0 and out["frames"][0, 0] == 99
+    assert out["ids"].data_ptr() == free.ctypes.data         # writable: wrapped, not copied
+    assert out["video_id"] == ["a", "b", "c"]

@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from ..data.image import AUGMENTATIONS
 from ..data.items import ITEM_KINDS
 
 MODALITIES = ("video", "features", "image")
@@ -47,6 +48,7 @@ class DataSpec:
     feature_dim: int | None = None              # modality 'features': width of one feature vector
     batch_keys: tuple = ("frames", "text_ids", "text_mask")
     items: str = "captions"
+    augment: str = "crop_flip"                  # modality 'image': training-split augmentation (crop_flip|crop|none)
 
     def check(self, where: str) -> None:
         """Raise ``ValueError`` naming ``where`` (backbone/task) and the field when the spec is inconsistent."""
@@ -56,6 +58,8 @@ class DataSpec:
             raise ValueError(f"{where}: data.resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.items not in ITEM_KINDS:
             raise ValueError(f"{where}: data.items must be one of {ITEM_KINDS}, got {self.items!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"{where}: data.augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
         for value, limit, name in ((self.num_frames, self.max_frames, "num_frames"),
                                    (self.image_size, self.max_image_size, "image_size"),
                                    (self.text_len, self.text_positions, "text_len")):

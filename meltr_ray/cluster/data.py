@@ -15,18 +15,22 @@
   ``ray.util.metrics`` counter from ``cluster/monitor.py``). :func:`bad_rows` reads the log from anywhere.
 * Only the ``train`` and ``meta`` splits use ``sampling`` ('random' = segment-random); ``val``/``test`` always
   sample uniformly (the official All-in-one sampled randomly at evaluation, bug B-A4).
-* On small machines: Ray 2.60's Parquet reader runs a ``ListFiles`` task that needs a whole CPU, so keep
+* Start-up is sized to each split (:class:`ReadPlan`): a small local split is read by Parquet datasource v1
+  (footers read once, on the driver), larger or remote ones by v2 with one footer-reader actor per 64 files and
+  read bins that give every decode actor work (Ray's 128 MiB default makes a small dataset one block,
+  reference video_data_notes §4); decode actors start one first and are no more than the read blocks.
+* On small machines: Ray 2.60's Parquet v2 reader runs a ``ListFiles`` task that needs a whole CPU, so keep
   ``decode_actors × decode_cpus`` + Train workers ≤ CPUs − 1 (or oversubscribe ``num_cpus`` in tests).
-  Read bins are sized per split so every decode actor gets work (:func:`_read_bins`; Ray's 128 MiB default
-  makes a small dataset one block, reference video_data_notes §4).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -116,7 +120,11 @@ class DecodeSamples:
 
 
 class CollateSamples(NumpyBatchCollateFn):
-    """``iter_torch_batches`` collate: numeric arrays → torch tensors, strings → lists of str."""
+    """``iter_torch_batches`` collate: numeric arrays → torch tensors, strings → lists of str.
+
+    Arrays that are views of read-only (Arrow) memory — what Parquet datasource v1 blocks arrive as — are copied:
+    a tensor over them would let an in-place op (masking, augmentation) write into Ray's buffers. Writable arrays
+    are wrapped without a copy."""
 
     def __call__(self, batch: dict) -> dict:
         import torch
@@ -125,8 +133,9 @@ class CollateSamples(NumpyBatchCollateFn):
         for key, value in batch.items():
             if value.dtype == object or value.dtype.kind in "US":
                 out[key] = [str(v) for v in value]
-            else:
-                out[key] = torch.from_numpy(np.ascontiguousarray(value))
+                continue
+            array = np.ascontiguousarray(value)
+            out[key] = torch.from_numpy(array if array.flags.writeable else array.copy())
         return out
 
 
@@ -167,26 +176,75 @@ def _columns(meta: dict) -> list[str]:
 
 
 BIN_ENV = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
+FOOTER_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+FILES_PER_FOOTER_ACTOR = 64          # footer reads are small and IO-bound: one actor keeps ~128 in flight
+V2_ENV = "RAY_DATA_USE_DATASOURCE_V2"
+SMALL_SPLIT_BYTES = 512 << 20        # local splits up to this size take the start-up-light reader (v1)
 
 
-@contextlib.contextmanager
-def _read_bins(files: list[str], decode_actors: int):
-    """Size Ray's Parquet read bins so every decode actor gets ~4 blocks (16 MiB at most, 64 KiB at least).
+@dataclass(frozen=True)
+class ReadPlan:
+    """Ray Data start-up settings for one split, sized from its shard files (a small job starts small).
 
-    Ray 2.60 packs row groups into bins of ``RAY_DATA_PARQUET_BIN_PACKING_BYTES`` (default 128 MiB), read when
-    ``read_parquet`` is called: a small split would be one block, decoded by one actor. A value the user
-    exported is left alone.
+    * ``bin_bytes``: Ray 2.60 packs row groups into read bins of ``RAY_DATA_PARQUET_BIN_PACKING_BYTES``
+      (default 128 MiB) — a small split would be one block, decoded by one actor — so ~4 bins per decode
+      actor, 64 KiB…16 MiB;
+    * ``footer_actors``: the listing starts ``RAY_DATA_PARQUET_FOOTER_NUM_ACTORS`` footer-reader actor
+      processes (default 32, each a Python process importing Ray: tens of CPU-seconds on a small machine
+      before the first row is read); one per 64 files, 1…32;
+    * ``decode_actors``: no more decode actors than read blocks (an actor without a block is only start-up
+      cost), at least 1;
+    * ``datasource``: a local split of at most 512 MiB is read by Parquet datasource v1, which reads the
+      footers once on the driver when the dataset is built; v2 (Ray's default) re-lists the files every epoch
+      in a 1-CPU ``ListFiles`` task plus a footer-reader actor. Measured with 500 clips (benchmarks/README.md):
+      first batch 9.3 s vs 14.1 s after ``ray.init``, and 4.5 s vs 9.4 s per later epoch or trial. Larger or
+      remote splits use v2, whose row-group bins balance the decode actors.
+
+    Values the user exported in those variables (and ``RAY_DATA_USE_DATASOURCE_V2``) are kept. Remote shards
+    (size unknown) keep the defaults for the bin size and ``decode_actors``.
     """
-    if BIN_ENV in os.environ:
-        yield
-        return
-    total = sum(os.path.getsize(f) for f in files if os.path.isfile(f))       # 0 for remote shards
-    per_actor = total // (4 * max(decode_actors, 1)) if total else 16 << 20
-    os.environ[BIN_ENV] = str(int(min(max(per_actor, 64 << 10), 16 << 20)))
-    try:
-        yield
-    finally:
-        os.environ.pop(BIN_ENV, None)
+    bin_bytes: int | None
+    footer_actors: int
+    decode_actors: int
+    datasource: str = "v2"
+
+    @classmethod
+    def for_files(cls, files: list[str], decode_actors: int) -> "ReadPlan":
+        total = sum(os.path.getsize(f) for f in files if "://" not in f and os.path.isfile(f))
+        footer = min(32, max(1, math.ceil(len(files) / FILES_PER_FOOTER_ACTOR)))
+        if not total:
+            return cls(None, footer, max(decode_actors, 1))
+        exported = os.environ.get(BIN_ENV)
+        bin_bytes = int(exported) if exported else int(min(max(total // (4 * max(decode_actors, 1)), 64 << 10),
+                                                              16 << 20))
+        blocks = math.ceil(total / max(bin_bytes, 1))
+        small = total <= SMALL_SPLIT_BYTES and all("://" not in f for f in files)
+        return cls(bin_bytes, footer, max(1, min(decode_actors, blocks)), "v1" if small else "v2")
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Export the settings while ``read_parquet`` plans the read (the plan captures them)."""
+        wanted = {BIN_ENV: self.bin_bytes, FOOTER_ENV: self.footer_actors}
+        added = [k for k, v in wanted.items() if v is not None and k not in os.environ]
+        context = ray.data.DataContext.get_current()
+        previous = context.use_datasource_v2
+        if V2_ENV not in os.environ:
+            context.use_datasource_v2 = self.datasource == "v2"
+        for key in added:
+            os.environ[key] = str(wanted[key])
+        try:
+            yield
+        finally:
+            context.use_datasource_v2 = previous
+            for key in added:
+                os.environ.pop(key, None)
+
+    def compute(self) -> "ray.data.ActorPoolStrategy":
+        """Start one decode actor and grow to ``decode_actors`` while blocks queue: the first batch waits for
+        one actor's start-up, not for all of them competing for the same cores."""
+        if self.decode_actors == 1:
+            return ray.data.ActorPoolStrategy(size=1)
+        return ray.data.ActorPoolStrategy(min_size=1, max_size=self.decode_actors, initial_size=1)
 
 
 def _warn_if_no_cpu_left(actor_cpus: float) -> None:
@@ -204,13 +262,15 @@ def build_datasets(shard_dir: str, *, splits=("train", "val"), num_frames: int =
                    min_frames: int = 1, text_mode: str = "all", decoder="decord", num_options: int = 5,
                    max_feature_frames: int = 48, decode_timeout_s: float | None = 60.0,
                    on_bad_row: Callable | None = None, log_name: str | None = BAD_ROW_LOG,
-                   seed: int | None = None) -> dict:
+                   augment: str = "crop_flip", seed: int | None = None) -> dict:
     """``{split: ray.data.Dataset}`` of samples from the shards under ``shard_dir``.
 
     ``items`` is the kind of sample each row yields (:data:`meltr_ray.data.items.ITEM_KINDS`: ``captions``,
     ``qa_mc``, ``qa_oe``, ``labels``, ``scores``, ``rows``) — a backbone task's ``spec.data.items``.
     ``pad_to_square`` (Violet) zero-pads each frame centred to a square before the resize; ``resize_mode``
-    ('stretch' | 'pad' | 'crop') overrides it. Splits without shards are left out of the result. The
+    ('stretch' | 'pad' | 'crop') overrides it. ``augment`` is what the image modality's training splits get
+    (``crop_flip`` | ``crop`` | ``none``: the backbone spec's ``data.augment``); other splits get none. Splits
+    without shards are left out of the result. The
     vocabulary and answer list are read here and shipped to the decode actors (they need not be on every
     node); the shards themselves must be readable from every node (shared storage or ``s3://…``).
     """
@@ -230,13 +290,14 @@ def build_datasets(shard_dir: str, *, splits=("train", "val"), num_frames: int =
         if not files:
             log.warning("no shards for split %r in %s", split, shard_dir)
             continue
-        kwargs = dict(common, split=split, sampling=sampling if split in TRAIN_SPLITS else "uniform")
-        with _read_bins(files, decode_actors):
+        kwargs = dict(common, split=split, sampling=sampling if split in TRAIN_SPLITS else "uniform",
+                      augment=augment if split in TRAIN_SPLITS else "none")   # images: training splits only
+        plan = ReadPlan.for_files(files, decode_actors)
+        with plan.applied():
             read = ray.data.read_parquet(files, shuffle="files" if split in TRAIN_SPLITS else None)
         out[split] = (read.select_columns(_columns(meta))
                       .map_batches(DecodeSamples, fn_constructor_kwargs=kwargs, batch_size=decode_batch_rows,
-                                   batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=decode_actors),
-                                   num_cpus=decode_cpus))
+                                   batch_format="numpy", compute=plan.compute(), num_cpus=decode_cpus))
     return out
 
 

@@ -79,7 +79,8 @@ def shard_data(cfg: JobConfig, trial: str) -> TrialData:
     datasets = build_datasets(d.path, splits=tuple(dict.fromkeys(splits)), num_frames=d.num_frames,
                               image_size=d.image_size, max_text_len=d.max_text_len, vocab_path=d.vocab_path,
                               items=task_data_spec(cfg).items, sampling=d.sampling, decode_actors=d.decode_actors,
-                              resize_mode=d.resize_mode, on_bad_row=SkippedRowsHook(trial),
+                              resize_mode=d.resize_mode, augment=task_data_spec(cfg).augment,
+                              on_bad_row=SkippedRowsHook(trial),
                               log_name=f"bad_rows_{trial}", seed=cfg.train.seed)
     if d.train_split not in datasets:
         raise ValueError(f"data path {d.path!r} has no shards for split {d.train_split!r} (data.train_split)")

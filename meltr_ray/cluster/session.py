@@ -26,10 +26,10 @@ import socket
 
 import ray
 
+# Ray Data's read settings (footer actors, read bins, Parquet v1/v2) are not exported here: build_datasets
+# sizes them per split (cluster/data.py ReadPlan), and an exported value would override that sizing.
 LOCAL_ENV = {
     "RAY_TRAIN_ENABLE_STATE_TRACKING": "1",          # the dashboard's Train view
-    "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",       # default 32 footer-reader actors per listing: a laptop drowns
-    "RAY_DATA_PARQUET_BIN_PACKING_BYTES": str(16 << 20),   # small shard sets still become several blocks
 }
 LOOPBACK = "127.0.0.1"
 # Ray reads this at start-up (its processes) and at import (this process): "0" makes every node address

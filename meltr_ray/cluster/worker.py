@@ -29,7 +29,6 @@ from typing import Callable
 import ray.train
 import ray.train.collective
 import ray.train.torch
-import torch
 
 from ..core.checkpoint import DamagedCheckpointError, load_checkpoint, save_checkpoint, verify_checkpoint
 from ..config import JobConfig

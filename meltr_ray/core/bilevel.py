@@ -17,6 +17,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
 
 from . import distributed as dist_utils
 from .hypergrad import hypergradient
@@ -28,6 +31,37 @@ def regulariser(losses: torch.Tensor, combined: torch.Tensor, form: str = "abs")
     """reg = |Σ_t ℓ_t − MELTR(ℓ)| (``abs``, the official form) or its square: keeps MELTR near plain MTL."""
     gap = losses.sum(-1) - combined
     return gap.abs() if form == "abs" else gap.pow(2)
+
+
+class MathAttentionWhereRecorded(TorchFunctionMode):
+    """Routes ``F.scaled_dot_product_attention`` to the math backend only for the calls autograd records.
+
+    The hypergradient's products differentiate L_inner twice, and the fused SDPA kernels (flash, efficient,
+    the CPU flash kernel) implement only a first backward; the math backend decomposes attention into ops
+    that all have a double backward. Below the meta scope nothing requires grad, so those blocks are
+    differentiated zero times and keep PyTorch's own (fused) kernel choice; only calls with grad mode on and
+    a tensor argument that requires grad (q, k, v or the mask: the in-scope blocks) are sent to math.
+    ``math_calls`` / ``fused_calls`` count the two kinds (tests, diagnostics).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.math_calls = self.fused_calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        if torch.is_grad_enabled() and _any_requires_grad(args, kwargs):
+            self.math_calls += 1
+            with sdpa_kernel(SDPBackend.MATH):
+                return func(*args, **kwargs)
+        self.fused_calls += 1
+        return func(*args, **kwargs)
+
+
+def _any_requires_grad(args, kwargs) -> bool:
+    return any(torch.is_tensor(x) and x.requires_grad for x in (*args, *kwargs.values()))
 
 
 @dataclass
@@ -68,9 +102,12 @@ class BilevelTrainer(BilevelState):
     def meta_step(self, outer_batch, reg_batch, reg_forward: Forward | None = None) -> dict:
         """φ ← φ − β·clip(hypergradient); ``reg_forward`` reuses a forward of B that the caller already has."""
         self._train_modes()
-        with self._meta_context(scope_only=reg_forward is None):
-            primary = self.primary_loss(outer_batch, reg_batch if reg_forward is not None else None, reg_forward)
-            inner = reg_forward or self.forward(self.model, reg_batch, average=self.cfg.meta.global_hypergrad)
+        scope = self._only_scope_requires_grad() if reg_forward is None else contextlib.nullcontext()
+        with scope:
+            with self.attention_mode():      # only the forwards: the products call no attention forward
+                primary = self.primary_loss(outer_batch, reg_batch if reg_forward is not None else None,
+                                            reg_forward)
+                inner = reg_forward or self.forward(self.model, reg_batch, average=self.cfg.meta.global_hypergrad)
             m = self.cfg.meta
             outer = primary + m.reg_weight * regulariser(inner.vector, inner.total, m.reg_form)
             grads = self._hypergradient(outer, inner, reg_batch) if self._all_finite(outer) else None
@@ -79,7 +116,7 @@ class BilevelTrainer(BilevelState):
     def shared_step(self, batch, meta_batch_fn=None) -> dict:
         """Inner and meta step from one forward of the current batch B (``meta.share_forward``)."""
         self._train_modes()
-        with self._math_attention():
+        with self.attention_mode():          # the whole graph is recorded here: every call goes to math
             fwd = self.forward(self.train_model, batch)
             if not self._inner_backward(fwd, retain_graph=True):
                 return {"skipped_inner": 1.0}
@@ -158,10 +195,14 @@ class BilevelTrainer(BilevelState):
             info=self.last_hypergrad_info))
 
     def _update_meltr(self, grads, outer, primary) -> dict:
-        """Average the hypergradient across ranks as one flat vector, skip it if non-finite, clip, step MELTR."""
+        """Average the hypergradient across ranks as one flat vector, skip it if non-finite, clip, step MELTR.
+
+        ‖g‖ and the logged losses reach the host together: one device sync for the whole update."""
         if grads is not None:
             grads = dist_utils.all_reduce_mean(grads)
-            norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
+            squared = torch.stack([g.detach().pow(2).sum().double() for g in grads]).sum()
+            norm_sq, outer_value, primary_value = _to_host(squared, outer, primary)
+            norm = math.sqrt(norm_sq) if math.isfinite(norm_sq) else math.nan
         if grads is None or not math.isfinite(norm):
             self._count_failure("skipped_meta", "meta_fail_run")
             return {"skipped_meta": 1.0}
@@ -177,18 +218,19 @@ class BilevelTrainer(BilevelState):
         self.counters.meta_steps += 1
         self.counters.meta_fail_run = 0
         info = getattr(self, "last_hypergrad_info", {})
-        return {"meta_grad_norm": norm, "meta_outer_loss": float(outer.detach()),
-                "meta_primary_loss": float(primary.detach()),
+        return {"meta_grad_norm": norm, "meta_outer_loss": outer_value, "meta_primary_loss": primary_value,
                 # ‖Σ_j v_j − (K+1)g‖ / ‖(K+1)g‖: near 0 means K only rescales the K = 0 hypergradient
                 "meta_neumann_correction": info.get("neumann_correction", 0.0)}
 
     def _inner_metrics(self, fwd: Forward) -> dict:
-        """Losses every step; the task weights ∂MELTR/∂ℓ_t (an extra autograd call) only on logged steps."""
-        metrics = {f"loss_{k}": float(v.detach()) for k, v in fwd.losses.items()}
-        metrics["train_loss"] = float(fwd.total.detach())
+        """Losses every step (one device sync for all); the task weights ∂MELTR/∂ℓ_t (an extra autograd call)
+        only on logged steps."""
+        values = _to_host(*fwd.losses.values(), fwd.total)
+        metrics = {f"loss_{k}": v for k, v in zip(fwd.losses, values)}
+        metrics["train_loss"] = values[-1]
         if self.counters.step % self.cfg.train.log_every == 0:
             weights = self.combiner.task_weights(fwd.vector.detach())
-            metrics.update({f"weight_{k}": float(w) for k, w in zip(self.task_names, weights)})
+            metrics.update({f"weight_{k}": w for k, w in zip(self.task_names, weights.double().tolist())})
         return metrics
 
     # ---- modes, contexts, failure accounting ---------------------------------------------------------
@@ -231,14 +273,11 @@ class BilevelTrainer(BilevelState):
                 p.requires_grad_(True)
 
     @staticmethod
-    def _math_attention():
-        # Double backward is not implemented for the fused attention kernels: use the math backend.
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-        return sdpa_kernel(SDPBackend.MATH)
+    def attention_mode() -> MathAttentionWhereRecorded:
+        """Math SDPA for the attention calls the products differentiate twice, fused kernels elsewhere."""
+        return MathAttentionWhereRecorded()
 
-    def _meta_context(self, scope_only: bool = True):
-        stack = contextlib.ExitStack()
-        if scope_only:
-            stack.enter_context(self._only_scope_requires_grad())
-        stack.enter_context(self._math_attention())
-        return stack
+
+def _to_host(*tensors) -> list:
+    """Scalar tensors as Python floats through one device→host copy (one sync instead of one per value)."""
+    return torch.stack([t.detach().reshape(()).double() for t in tensors]).tolist()

@@ -112,7 +112,10 @@ def _dot(a: Sequence, b: Sequence) -> torch.Tensor:
 
 
 def _norm(vectors: Sequence) -> float:
-    return math.sqrt(sum(float(v.detach().pow(2).sum()) for v in vectors))
+    """‖vectors‖ as one flat vector; one device sync (not one per tensor: a meta step calls this 3×)."""
+    if not vectors:
+        return 0.0
+    return math.sqrt(float(torch.stack([v.detach().pow(2).sum().double() for v in vectors]).sum()))
 
 
 def _grad(output, inputs: list, **kwargs) -> Tensors:

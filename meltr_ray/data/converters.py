@@ -162,13 +162,15 @@ def read_csv(annotations: str, **_) -> Iterator[dict | Skip]:
     return merge_records(items())
 
 
-def load_pickle(path: str, allow_pickle: bool) -> Any:
-    """Read a legacy pickle, only when the user passed ``--allow-pickle`` (pickles can run arbitrary code)."""
+def load_pickle(path: str, allow_pickle: bool, encoding: str = "ASCII") -> Any:
+    """Read a legacy pickle, only when the user passed ``--allow-pickle`` (pickles can run arbitrary code).
+
+    ``encoding`` is pickle's for Python 2 strings (``"latin1"`` for Python 2 pickles of numpy arrays)."""
     if not allow_pickle:
         raise PermissionError(f"{path} is a pickle; reading pickles runs arbitrary code, pass --allow-pickle "
                               "(allow_pickle=True) if you trust the file")
     with open(path, "rb") as f:
-        return pickle.load(f)
+        return pickle.load(f, encoding=encoding)
 
 
 def resolve_video(videos: str, name: str) -> str:

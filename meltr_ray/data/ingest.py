@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import converters, datasets
+from . import converters, datasets, image_formats
 from .converters import Skip
 from .dataset_dir import (DATASET_NAME, LEGACY_DIR, OLD_STDERR_LOG, OWNER, REPORT_NAME, VOCAB_NAME, WORDPIECE_NAME,
                           claim_shard, classify_out, known_splits, read_sidecar, remove_durably, sidecar_path,
@@ -34,7 +34,8 @@ from .schema import SCHEMA_VERSION
 from .shards import plan_hash, plan_shards, row_group_rows_for, shard_row, write_planned_shard
 from .tokenize import build_vocab
 
-FORMATS: dict[str, Callable] = {"jsonl": converters.read_jsonl, "csv": converters.read_csv, **datasets.FORMATS}
+FORMATS: dict[str, Callable] = {"jsonl": converters.read_jsonl, "csv": converters.read_csv, **datasets.FORMATS,
+                                **image_formats.FORMATS}
 OUTSIDE = "outside --videos"
 
 __all__ = ["ingest", "IngestReport", "summary_table", "FORMATS", "REPORT_NAME", "DATASET_NAME", "VOCAB_NAME"]
@@ -96,11 +97,17 @@ def file_problem(video: str, roots: tuple[str, ...]) -> str | None:
     return None
 
 
+def has_file(rec: dict) -> bool:
+    """True when the record's media is a file to probe; False for features or an image carried inline."""
+    return rec.get("features") is None and rec.get("video_bytes") is None
+
+
 def drop_bad_files(records: list[dict], roots: tuple[str, ...], skipped: list[dict]) -> list[dict]:
-    """Keep feature rows and rows whose video is a regular file inside ``roots`` (``--videos``, legacy cache)."""
+    """Keep feature rows, inline images and rows whose video is a regular file inside ``roots`` (``--videos``,
+    legacy cache)."""
     keep = []
     for rec in records:
-        problem = None if rec.get("features") is not None else file_problem(rec.get("video") or "", roots)
+        problem = file_problem(rec.get("video") or "", roots) if has_file(rec) else None
         if problem:
             skipped.append(_skip(rec, problem))
         else:
@@ -244,12 +251,12 @@ def _account(report: IngestReport, name: str, done: dict) -> None:
 
 def _probe_shards(todo: dict, videos, pool: ProbePool, bar):
     """Yield ``(shard name, rows, {row id: probe})`` as soon as every video of a shard is probed."""
-    waiting = {name: sum(1 for r in rows if r.get("features") is None) for name, rows in todo.items()}
+    waiting = {name: sum(1 for r in rows if has_file(r)) for name, rows in todo.items()}
     probes: dict[str, dict] = {name: {} for name in todo}
     by_path: dict[str, list] = collections.defaultdict(list)
     for name, rows in todo.items():
         for rec in rows:
-            if rec.get("features") is None:
+            if has_file(rec):
                 by_path[os.path.join(videos or "", rec["video"])].append((name, rec["id"]))
             else:
                 bar.advance()
@@ -268,7 +275,7 @@ def _write_one(out: str, name: str, rows: list[dict], probes: dict, videos, opti
                report: IngestReport) -> None:
     good, skipped = [], []
     for rec in rows:
-        probe = probes.get(rec["id"]) if rec.get("features") is None else None
+        probe = probes.get(rec["id"]) if has_file(rec) else None
         reason = validate_record(rec, videos, options["min_frames"], probe)
         if reason:
             skipped.append(_skip(rec, reason))
@@ -301,6 +308,7 @@ def _write_metadata(out: str, records: list[dict], report: IngestReport, vocab: 
     meta = {"schema_version": SCHEMA_VERSION, "complete": True, "modality": "features" if feature_dim else "video",
             "splits": dict(splits), "rows": dict(rows), "items": text_item_counts(records, report),
             "vq_grid": grid, "feature_dim": feature_dim, "answer_vocab": VOCAB_NAME}
+    meta.update(image_formats.image_meta(records))        # modality "image", its size and class names
     if vocab_size:
         build_vocab(train_texts(records), os.path.join(out, WORDPIECE_NAME), vocab_size=vocab_size)
     write_json_atomic(os.path.join(out, VOCAB_NAME), vocab, indent=1)

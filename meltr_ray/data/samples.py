@@ -14,7 +14,9 @@ Output (numpy, one entry per sample; the collate turns numbers into tensors and 
 ``video_id``, ``sample_id`` (str); ``frames`` uint8 (T, S, S, 3); ``frame_indices`` int64 (T,); ``text_ids`` /
 ``text_mask`` int64 (L,) or (O, L) for ``qa_mc`` (+ ``option_mask`` (O,)); ``answer`` / ``label`` int64;
 ``score`` float32; ``vq_ids`` int64 (T, h, w) when ``vq_grid`` is set (-1 where a row has no codes);
-``features`` float32 (F, D) and ``feature_mask`` int64 (F,) for feature datasets.
+``features`` float32 (F, D) and ``feature_mask`` int64 (F,) for feature datasets; ``images`` uint8 (S, S, 3) and
+``aug_seed`` int64 for image datasets (one sample per row; :mod:`meltr_ray.data.image` decodes, resizes and, with
+``augment`` = ``crop_flip`` | ``crop``, crops and flips).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from .image import check_augment, empty_image_batch, image_sample
 from .items import TARGET_KEYS, check_kind, text_items
 from .tokenize import encode_mc_prompts, encode_texts, load_tokenizer
 from .video import DecodeError, describe_error, get_decoder, sample_clip
@@ -59,7 +62,7 @@ class SampleBuilder:
                  resize_mode: str = "stretch", min_frames: int = 1, decoder="decord", modality: str = "video",
                  vq_grid: tuple[int, int] | None = None, feature_dim: int = 0, num_options: int = 5,
                  answer_vocab: list[str] | None = None, text_mode: str = "all", max_feature_frames: int = 48,
-                 decode_timeout_s: float | None = 60.0,
+                 decode_timeout_s: float | None = 60.0, augment: str = "none",
                  seed: "int | list[int] | None" = None, on_bad_row: BadRowHook | None = None):
         check_kind(items)
         if text_mode not in ("all", "random"):
@@ -69,6 +72,7 @@ class SampleBuilder:
         self.modality, self.vq_grid, self.num_options, self.text_mode = modality, vq_grid, num_options, text_mode
         self.max_feature_frames, self.decode_timeout_s = max_feature_frames, decode_timeout_s
         self.feature_dim = feature_dim
+        self.augment = check_augment(augment)    # image modality: crop_flip | crop | none (training splits)
         self.answer_index = {a: i for i, a in enumerate(answer_vocab or [])}
         self.tokenizer = load_tokenizer(vocab_path) if vocab_path else None
         self.decoder = get_decoder(decoder) if modality == "video" else None
@@ -113,6 +117,8 @@ class SampleBuilder:
         try:
             if self.modality == "features":
                 return self._features(row)
+            if self.modality == "image":
+                return self._image(row)
             frames, idx = self._decode_with_timeout(row)
         except Exception as exc:                               # any decoder failure drops only this row
             self._report(row, describe_error(exc))
@@ -121,6 +127,13 @@ class SampleBuilder:
         if self.vq_grid:
             out["vq_ids"] = self._vq(row, idx)
         return out
+
+    def _image(self, row: dict) -> dict:
+        """One image (``video_bytes`` holds its PNG/JPEG): decoded, resized, augmented when training."""
+        data = row.get("video_bytes")
+        if data is None or len(data) == 0:
+            raise DecodeError("no image bytes" if data is None else "empty image bytes")
+        return image_sample(bytes(data), self.image_size, self.augment, self.rng)
 
     def _vq(self, row: dict, idx: np.ndarray) -> np.ndarray:
         h, w = self.vq_grid
@@ -203,6 +216,8 @@ class SampleBuilder:
         if self.modality == "features":
             out["features"] = np.zeros((0, self.max_feature_frames, self.feature_dim), np.float32)
             out["feature_mask"] = np.zeros((0, self.max_feature_frames), np.int64)
+        elif self.modality == "image":
+            out.update(empty_image_batch(s))
         else:
             out["frames"] = np.zeros((0, t, s, s, 3), np.uint8)
             out["frame_indices"] = np.zeros((0, t), np.int64)

@@ -1,6 +1,8 @@
 """Shard planning and writing for ``meltr-ray ingest`` (see :mod:`meltr_ray.data.ingest`).
 
-The plan is a pure function of the records and the options: per split, records sorted by id, cut into shards
+The plan is a pure function of the records and the options: per split, records sorted by id (or by their
+``shard_order`` when a converter sets one: image rows are shuffled by a hash of their id, since ids that start
+with the class would give single-class row groups and batches), cut into shards
 of about ``shard_bytes`` of source data. Each shard's :func:`plan_hash` goes into its ``.done.json`` sidecar so
 a re-run can tell a finished shard from a stale one.
 """
@@ -22,7 +24,7 @@ def plan_shards(records: list[dict], videos: str | None, shard_bytes: int, max_r
     """``{shard file name: [records]}``: per split, records sorted by id, cut at ``shard_bytes`` of source."""
     plan: dict[str, list] = {}
     for split in sorted({r["split"] for r in records}):
-        rows = sorted((r for r in records if r["split"] == split), key=lambda r: r["id"])
+        rows = sorted((r for r in records if r["split"] == split), key=lambda r: r.get("shard_order") or r["id"])
         chunk, size = [], 0
         for rec in rows:
             rec_size = _source_size(rec, videos)
@@ -37,6 +39,8 @@ def plan_shards(records: list[dict], videos: str | None, shard_bytes: int, max_r
 
 
 def _source_size(rec: dict, videos: str | None) -> int:
+    if rec.get("video_bytes") is not None:                  # an image carried inline (data/image_formats.py)
+        return len(rec["video_bytes"])
     if rec.get("features") is not None:
         return int(np.asarray(rec["features"]).nbytes)
     path = os.path.join(videos or "", rec.get("video") or "")
@@ -47,12 +51,13 @@ def plan_hash(rows: list[dict], videos: str | None, options: dict) -> str:
     """Hash of what a shard will contain: its rows' fields, their files' size and mtime, the options."""
     h = hashlib.sha1(json.dumps({"v": SCHEMA_VERSION, **options}, sort_keys=True).encode())
     for rec in rows:
-        fields = {k: v for k, v in rec.items() if k not in ("features", "vq_ids")}
+        fields = {k: v for k, v in rec.items() if k not in ("features", "vq_ids", "video_bytes")}
         h.update(json.dumps(fields, sort_keys=True, default=str).encode())
+        h.update(str(zlib.crc32(rec.get("video_bytes") or b"")).encode())
         h.update(str(zlib.crc32(np.asarray(rec.get("features", []), np.float32).tobytes())).encode())
         h.update(str(zlib.crc32(np.asarray(rec.get("vq_ids", []), np.int16).tobytes())).encode())
         path = os.path.join(videos or "", rec.get("video") or "")
-        if rec.get("video") and os.path.isfile(path):
+        if rec.get("video") and rec.get("video_bytes") is None and os.path.isfile(path):
             st = os.stat(path)
             h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()
@@ -61,7 +66,7 @@ def plan_hash(rows: list[dict], videos: str | None, options: dict) -> str:
 # ---- writing ----------------------------------------------------------------------------------------------
 def shard_row(rec: dict, probe: dict | None, videos: str | None) -> dict:
     """A schema row from a record and its probe result (reads the video bytes)."""
-    row = {k: v for k, v in rec.items() if k not in ("video", "features", "vq_frames")}
+    row = {k: v for k, v in rec.items() if k not in ("video", "features", "vq_frames", "shard_order")}
     row["source"] = rec.get("video") or ""
     if rec.get("features") is not None:
         feats = np.asarray(rec["features"], dtype=np.float32)

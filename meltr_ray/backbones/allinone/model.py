@@ -17,7 +17,6 @@ load strictly: neither loss reads it. Bad input raises ``ValueError`` naming the
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +24,8 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings
 
+from .._contract import (check_frames, check_text_ids, evaluating, in_order, replace_config,
+                         wanted_losses)
 from .._spec import IMAGENET_MEAN, IMAGENET_STD
 from . import tasks as tasks_mod
 from .vit import VideoTransformer
@@ -69,12 +70,7 @@ class AllInOneConfig:
 
 def config_with_overrides(base: AllInOneConfig, overrides: dict) -> AllInOneConfig:
     """``base`` with fields replaced; unknown names raise ``ValueError`` naming them."""
-    fields = {f.name for f in dataclasses.fields(AllInOneConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown All-in-one override(s) {unknown}; known: {sorted(fields)}")
-    tuples = {k: tuple(v) for k, v in overrides.items() if isinstance(getattr(base, k), tuple)}
-    return dataclasses.replace(base, **{**overrides, **tuples}).validate()
+    return replace_config(base, overrides, "All-in-one")
 
 
 class MLMHead(nn.Module):
@@ -155,9 +151,7 @@ class AllInOne(nn.Module):
     # ---- inputs -------------------------------------------------------------------------------------------
     def frames(self, frames) -> torch.Tensor:
         """uint8 (B, T, H, W, 3) RGB → normalised float (B, T, 3, H, W), after checking the geometry."""
-        frames = torch.as_tensor(frames)
-        if frames.dim() != 5 or frames.shape[-1] != 3:
-            raise ValueError(f"frames must be (B, T, H, W, 3) RGB, got shape {tuple(frames.shape)}")
+        frames = check_frames(frames, "All-in-one")
         t, h, w = frames.shape[1:4]
         rows = self.transformer.temporal_embed.shape[1]
         if t > rows:
@@ -171,15 +165,9 @@ class AllInOne(nn.Module):
 
     def text(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, mask) on the device, checked against the 40-row position table and the vocabulary."""
-        ids, mask = torch.as_tensor(batch["text_ids"]), torch.as_tensor(batch["text_mask"])
-        if ids.dim() != 2:
-            raise ValueError(f"text_ids must be (B, L) for All-in-one, got shape {tuple(ids.shape)}")
-        if ids.shape[1] > self.cfg.max_text_len:
-            raise ValueError(f"text length {ids.shape[1]} is longer than text_embeddings.position_embeddings "
-                             f"({self.cfg.max_text_len} rows, max_text_len)")
-        if ids.numel() and (int(ids.max()) >= self.cfg.vocab_size or int(ids.min()) < 0):
-            raise ValueError(f"text ids must lie in [0, {self.cfg.vocab_size}) (vocab_size), got "
-                             f"[{int(ids.min())}, {int(ids.max())}]")
+        ids = check_text_ids(batch["text_ids"], self.cfg.max_text_len, self.cfg.vocab_size,
+                             "text_embeddings.position_embeddings")
+        mask = torch.as_tensor(batch["text_mask"])
         return ids.to(self.device), mask.to(self.device).long()
 
     # ---- passes -------------------------------------------------------------------------------------------
@@ -212,23 +200,15 @@ class AllInOne(nn.Module):
     # ---- the contract -------------------------------------------------------------------------------------
     def forward(self, batch: dict, tasks=None) -> dict:
         """{loss name: scalar} for ``tasks`` (default both, in MELTR order [vtm, mlm])."""
-        wanted = self.task_names if tasks is None else list(tasks)
-        unknown = [t for t in wanted if t not in self.task_names]
-        if unknown:
-            raise ValueError(f"unknown loss(es) {unknown} for All-in-one task {self.task!r}; "
-                             f"its losses are {self.task_names}")
+        wanted = wanted_losses(self, tasks, "All-in-one")
         losses = tasks_mod.retrieval_losses(self, batch, set(wanted))
-        return {name: losses[name] for name in self.task_names if name in wanted}
+        return in_order(self, losses, wanted)
 
     @torch.no_grad()
     def evaluate(self, batches) -> dict:
         """Text→video R@1/5/10, MedR, MnR over every batch (eval mode, the frames the batches hold)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             return tasks_mod.evaluate_retrieval(self, batches)
-        finally:
-            self.train(was_training)
 
 
 # ---- variants ------------------------------------------------------------------------------------------------

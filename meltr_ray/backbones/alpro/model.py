@@ -13,7 +13,6 @@ checkpoint layout in :mod:`.checkpoint`. Bad input raises ``ValueError`` naming 
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +20,8 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertModel, BertOnlyMLMHead
 
+from .._contract import (check_frames, check_text_ids, evaluating, in_order, replace_config,
+                         wanted_losses)
 from .._layers import additive_key_mask
 from . import tasks as tasks_mod
 from .timesformer import VisualEncoder
@@ -74,12 +75,7 @@ class AlproConfig:
 
 def config_with_overrides(base: AlproConfig, overrides: dict) -> AlproConfig:
     """``base`` with fields replaced; unknown names raise ``ValueError`` naming them."""
-    fields = {f.name for f in dataclasses.fields(AlproConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown ALPRO override(s) {unknown}; known: {sorted(fields)}")
-    tuples = {k: tuple(v) for k, v in overrides.items() if isinstance(getattr(base, k), tuple)}
-    return dataclasses.replace(base, **{**overrides, **tuples}).validate()
+    return replace_config(base, overrides, "ALPRO")
 
 
 def bert_config(cfg: AlproConfig) -> BertConfig:
@@ -148,9 +144,7 @@ class Alpro(nn.Module):
     # ---- inputs -------------------------------------------------------------------------------------------
     def frames(self, frames) -> torch.Tensor:
         """uint8 (B, T, H, W, 3) RGB → normalised float (B, T, 3, H, W), after checking the geometry."""
-        frames = torch.as_tensor(frames)
-        if frames.dim() != 5 or frames.shape[-1] != 3:
-            raise ValueError(f"frames must be (B, T, H, W, 3) RGB, got shape {tuple(frames.shape)}")
+        frames = check_frames(frames, "ALPRO")
         t, h, w = frames.shape[1:4]
         model = self.visual_encoder.model
         if t > model.time_embed.shape[1]:
@@ -164,15 +158,8 @@ class Alpro(nn.Module):
         return (x - self.mean) / self.std
 
     def text(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask = torch.as_tensor(batch["text_ids"]), torch.as_tensor(batch["text_mask"])
-        if ids.dim() != 2:
-            raise ValueError(f"text_ids must be (B, L) for ALPRO, got shape {tuple(ids.shape)}")
-        if ids.shape[1] > self.cfg.max_text_len:
-            raise ValueError(f"text length {ids.shape[1]} is longer than the position table "
-                             f"({self.cfg.max_text_len} rows, max_text_len)")
-        if ids.numel() and (int(ids.max()) >= self.cfg.vocab_size or int(ids.min()) < 0):
-            raise ValueError(f"text ids must lie in [0, {self.cfg.vocab_size}) (vocab_size), got "
-                             f"[{int(ids.min())}, {int(ids.max())}]")
+        ids = check_text_ids(batch["text_ids"], self.cfg.max_text_len, self.cfg.vocab_size, "the position table")
+        mask = torch.as_tensor(batch["text_mask"])
         return ids.to(self.device), mask.to(self.device).long()
 
     # ---- encoders -----------------------------------------------------------------------------------------
@@ -192,23 +179,15 @@ class Alpro(nn.Module):
     # ---- the contract -------------------------------------------------------------------------------------
     def forward(self, batch: dict, tasks=None) -> dict:
         """{loss name: scalar} for ``tasks`` (default all, in MELTR order, the QA loss first)."""
-        wanted = self.task_names if tasks is None else list(tasks)
-        unknown = [t for t in wanted if t not in self.task_names]
-        if unknown:
-            raise ValueError(f"unknown loss(es) {unknown} for ALPRO task {self.task!r}; "
-                             f"its losses are {self.task_names}")
+        wanted = wanted_losses(self, tasks, "ALPRO")
         losses = tasks_mod.qa_losses(self, batch, set(wanted))
-        return {name: losses[name] for name in self.task_names if name in wanted}
+        return in_order(self, losses, wanted)
 
     @torch.no_grad()
     def evaluate(self, batches) -> dict:
         """QA accuracy (percent) over every example; an answer outside the vocabulary counts as wrong."""
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             return tasks_mod.evaluate_qa(self, batches)
-        finally:
-            self.train(was_training)
 
 
 # ---- variants ------------------------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ Kept free of torch and transformers so reading a spec stays cheap.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+
+from .._contract import replace_config
 
 # official MELTR input order (reference §1.3); a run puts the primary first (the project's convention)
 LOSSES = ("joint", "align", "cmlm", "cmfm", "m_joint", "m_align", "decoder", "m_decoder")
@@ -83,16 +84,12 @@ def _from_vocab(path: str, overrides: dict) -> dict:
 
 def config_with_overrides(base: UniVLConfig, overrides: dict) -> UniVLConfig:
     """``base`` with fields replaced; unknown names raise ``ValueError`` naming them."""
-    fields = {f.name for f in dataclasses.fields(UniVLConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown UniVL override(s) {unknown}; known: {sorted(fields)}")
     resolved = dict(overrides)
     if resolved.get("losses") is not None:
         resolved["losses"] = tuple(resolved["losses"])
     if resolved.get("vocab_path"):
         resolved.update(_from_vocab(resolved["vocab_path"], overrides))
-    return dataclasses.replace(base, **resolved).validate()
+    return replace_config(base, resolved, "UniVL")
 
 
 def task_losses(task: str, losses=None, primary: str | None = None) -> tuple:

@@ -21,6 +21,7 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder
 
+from .._contract import evaluating, in_order, wanted_losses
 from . import evaluation
 from .tasks import univl_losses
 from .config import TASK_PRIMARY, UniVLConfig, config_with_overrides, read_vocab_tokens, task_losses
@@ -149,24 +150,16 @@ class UniVL(nn.Module):
     # ---- the contract -----------------------------------------------------------------------------------
     def forward(self, batch: dict, tasks=None) -> dict:
         """{loss name: scalar} for ``tasks`` (default all of this model's losses, in MELTR order)."""
-        wanted = self.task_names if tasks is None else list(tasks)
-        unknown = [t for t in wanted if t not in self.task_names]
-        if unknown:
-            raise ValueError(f"unknown loss(es) {unknown} for UniVL task {self.task!r}; its losses are "
-                             f"{self.task_names}")
+        wanted = wanted_losses(self, tasks, "UniVL")
         losses = univl_losses(self, batch, set(wanted))
-        return {name: losses[name] for name in self.task_names if name in wanted}
+        return in_order(self, losses, wanted)
 
     @torch.no_grad()
     def evaluate(self, batches) -> dict:
         """Task metrics over every batch, in eval mode (retrieval R@K/MedR/MnR, captioning BLEU…CIDEr,
         sentiment Acc-2/F1/MAE/Corr/Acc-7)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             return evaluation.TASK_EVALUATE[self.task](self, batches)
-        finally:
-            self.train(was_training)
 
 
 def build_univl(base: UniVLConfig, task: str = "retrieval", pretrained: str | None = None,

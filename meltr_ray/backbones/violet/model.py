@@ -16,7 +16,6 @@ themselves are in :mod:`meltr_ray.backbones.violet.tasks`. Bad input raises ``Va
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +24,7 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder, BertOnlyMLMHead
 
 from . import tasks as tasks_mod
+from .._contract import evaluating, in_order, replace_config, wanted_losses
 from .._layers import additive_key_mask, two_layer_head
 from .checkpoint import load_violet_checkpoint
 from .video_swin import SwinTransformer3D
@@ -97,13 +97,7 @@ OVERRIDE_ALIASES = {"num_answers": "size_vocab"}
 
 def config_with_overrides(base: VioletConfig, overrides: dict) -> VioletConfig:
     """``base`` with fields replaced; unknown names raise ``ValueError`` naming them."""
-    fields = {f.name for f in dataclasses.fields(VioletConfig)}
-    resolved = {OVERRIDE_ALIASES.get(k, k): v for k, v in overrides.items()}
-    unknown = sorted(set(resolved) - fields)
-    if unknown:
-        raise ValueError(f"unknown Violet override(s) {unknown}; known: {sorted(fields | set(OVERRIDE_ALIASES))}")
-    tuples = {k: tuple(v) for k, v in resolved.items() if isinstance(getattr(base, k), tuple)}
-    return dataclasses.replace(base, **{**resolved, **tuples}).validate()
+    return replace_config(base, overrides, "Violet", OVERRIDE_ALIASES)
 
 
 class VideoEmbedder(nn.Module):
@@ -252,23 +246,15 @@ class Violet(nn.Module):
     # ---- the contract -----------------------------------------------------------------------------------
     def forward(self, batch: dict, tasks=None) -> dict:
         """{loss name: scalar} for ``tasks`` (default all, in MELTR order); primary losses see clean frames."""
-        wanted = self.task_names if tasks is None else list(tasks)
-        unknown = [t for t in wanted if t not in self.task_names]
-        if unknown:
-            raise ValueError(f"unknown loss(es) {unknown} for Violet task {self.task!r}; "
-                             f"its losses are {self.task_names}")
+        wanted = wanted_losses(self, tasks, "Violet")
         losses = tasks_mod.TASK_FORWARD[self.task](self, batch, set(wanted))
-        return {name: losses[name] for name in self.task_names if name in wanted}
+        return in_order(self, losses, wanted)
 
     @torch.no_grad()
     def evaluate(self, batches) -> dict:
         """Task metrics over every batch (no dropped last batch), in eval mode on clean frames."""
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             return tasks_mod.TASK_EVALUATE[self.task](self, batches)
-        finally:
-            self.train(was_training)
 
 
 # ---- variants ------------------------------------------------------------------------------------------------
