@@ -79,6 +79,8 @@ def _train_samples(cfg: JobConfig) -> dict:
     import pyarrow.parquet as pq
 
     from .data.samples import SampleBuilder
+    from .run import resolve_job
+    cfg = resolve_job(cfg)                          # the spec's frames, size and resize mode where cfg leaves them
     with open(os.path.join(cfg.data.path, "dataset.json"), encoding="utf-8") as f:
         meta = json.load(f)
     d = cfg.data
@@ -89,7 +91,12 @@ def _train_samples(cfg: JobConfig) -> dict:
     for name in meta["splits"][d.train_split]:
         table = pq.read_table(os.path.join(cfg.data.path, name))
         parts.append(builder({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}))
-    return {k: np.concatenate([p[k] for p in parts]) for k in ("frames", "text_ids", "text_mask")}
+    samples = {k: np.concatenate([p[k] for p in parts]) for k in ("frames", "text_ids", "text_mask")}
+    if len(samples["frames"]) < cfg.train.batch_size:
+        raise ValueError(f"demo warm-up: {len(samples['frames'])} usable train samples in {cfg.data.path} "
+                         f"(split {d.train_split!r}), fewer than one batch of {cfg.train.batch_size}; "
+                         "delete the demo data folder to make it again")
+    return samples
 
 
 def _warm_up_steps(model, samples: dict, steps: int, batch_size: int, lr: float, on_step) -> None:

@@ -87,9 +87,8 @@ def trial_keys(results) -> list[str]:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from . import api
-    from .cluster.progress import print_summary
+    from .cluster.progress import print_summary, wide_console
     from .cluster.session import RayStartError
     from .cluster.tuner import load_baseline
     try:
@@ -100,7 +99,7 @@ def run_tune(args: argparse.Namespace) -> int:
                                seed=args.seed, progress=not args.no_progress, **_job_kwargs(args))
     except RayStartError as err:
         return ray_start_failed("tune", err)
-    console = Console()
+    console = wide_console()
     for result in results:
         if result.error:
             console.print(f"[red]trial {result.path} failed:[/red] {result.error}")

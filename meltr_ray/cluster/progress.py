@@ -24,6 +24,14 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
+def wide_console(**kwargs):
+    """A rich console; when the output is not a terminal (piped, a log file, a notebook cell) at least 160
+    columns wide, so tables keep their values instead of squeezing them into "…" at rich's default 80."""
+    from rich.console import Console
+    console = Console(**kwargs)
+    return console if console.is_terminal else Console(width=max(console.width, 160), **kwargs)
+
+
 class LiveTrialTable(tune.Callback):
     """A Tune callback rendering one row per trial: status, sampled hyperparameters, epoch, metric.
 
@@ -69,7 +77,7 @@ class LiveTrialTable(tune.Callback):
     def _render(self) -> None:
         from rich.live import Live
         if self._live is None:
-            self._live = Live(self.table(), refresh_per_second=2, transient=False)
+            self._live = Live(self.table(), refresh_per_second=2, transient=False, console=wide_console())
             self._live.start()
         else:
             self._live.update(self.table())
@@ -226,7 +234,7 @@ def comparison_lines(record: dict) -> list[str]:
             lines.append(f"MELTR vs {label} on {metric}: no result for {missing} (see the failed trials above)")
         else:
             lines.append(f"MELTR vs {label} on {metric}: {meltr:.1f} vs {base:.1f} ({meltr - base:+.1f}; "
-                         f"MELTR: best of {n} trials, {label}: 1 trial, same epochs)")
+                         f"MELTR: best of {n} trials, {label}: 1 trial, same epochs, one seed each)")
     if best and best.get("task_weights"):
         weights = " · ".join(f"{task} {value:.2f}" for task, value in best["task_weights"].items())
         lines.append(f"learned task weights ∂MELTR/∂ℓ_t (best MELTR trial, epoch {_fmt(best['epoch'])}): "

@@ -66,7 +66,10 @@ def make_searcher(space: SearchSpace, searcher: str | None = None, seed: int = 0
             return BasicVariantGenerator(points_to_evaluate=points, random_state=seed,
                                          max_concurrent=max_concurrent)
         return _hyperopt(points_to_evaluate=points, random_state_seed=seed)
-    inner = _hyperopt(space=param_space(space), metric=space.metric, mode=space.mode, points_to_evaluate=points,
+    from ray.tune.search.hyperopt import HyperOptSearch
+    # converted here: given Tune samplers, HyperOptSearch converts them itself but warns a newcomer about it
+    hyperopt_space = HyperOptSearch.convert_search_space(param_space(space))
+    inner = _hyperopt(space=hyperopt_space, metric=space.metric, mode=space.mode, points_to_evaluate=points,
                       random_state_seed=seed, **({"n_initial_points": 10 ** 6} if kind == "random" else {}))
     return BaselineFirst(inner, space.baseline, searched_marker or {})
 

@@ -133,7 +133,7 @@ def test_the_printed_summary_holds_the_story_whole_at_any_width(grid):
     record = print_summary(Console(file=out, width=40), grid, ["meltr.combiner", "reg_weight"], "val_r1", "max",
                            baseline=MTL)
     lines = out.getvalue().splitlines()
-    assert "MELTR vs MTL on val_r1: 23.3 vs 21.7 (+1.6; MELTR: best of 2 trials, MTL: 1 trial, same epochs)" in lines
+    assert "MELTR vs MTL on val_r1: 23.3 vs 21.7 (+1.6; MELTR: best of 2 trials, MTL: 1 trial, same epochs, one seed each)" in lines
     assert "learned task weights ∂MELTR/∂ℓ_t (best MELTR trial, epoch 2): vtm 2.50 · mtm 1.05 · mvm 1.30" in lines
     checkpoint = record["best"]["checkpoint"]
     assert lines[lines.index("checkpoint of the best MELTR trial:") + 1] == checkpoint
