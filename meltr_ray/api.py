@@ -98,11 +98,9 @@ def _prepare(cfg: JobConfig, demo: bool, address: str | None, plugins=(), has_fa
     cfg = cfg.with_overrides({"cluster.storage_path": storage})
     preflight.check_backbone(cfg)
     if demo:
-        from .demo import prepare_demo_data
+        from .demo import prepare_demo_job
         local_root = storage if "://" not in storage else os.path.expanduser("~/.cache/meltr_ray")
-        shards, vocab = prepare_demo_data(os.path.join(local_root, "demo_data"))
-        cfg = cfg.with_overrides({"data.path": shards, "data.vocab_path": cfg.data.vocab_path or vocab,
-                                  "cluster.max_concurrent_trials": cfg.cluster.max_concurrent_trials or 2})
+        cfg = prepare_demo_job(cfg, os.path.join(local_root, "demo_data"))
     if cfg.data.path is not None or not has_factory:
         needed, optional = (None, None) if has_factory else preflight.job_splits(cfg)
         preflight.check_data_path(cfg.data.path, needed, optional)
@@ -123,7 +121,9 @@ def tune(backbone: str = "violet", task: str = "retrieval", data: str | None = N
     """Search γ (reg_weight), α (backbone_lr), β (meltr_lr), K (neumann_steps) and meta_every with Ray Tune.
 
     ``space``: a :class:`~meltr_ray.spaces.SearchSpace`, a YAML path or a name in ``tune_spaces/``; default:
-    the file for the backbone family and task. A hyperparameter set in ``overrides`` (``{"reg_weight": 0.7}``)
+    the file for the backbone family and task. ``num_samples`` searched trials; a space with a ``baseline``
+    (the demo's: plain MTL, ``meltr.combiner: mtl``) adds one trial with it, run first for the same epochs
+    and never cut by ASHA. A hyperparameter set in ``overrides`` (``{"reg_weight": 0.7}``)
     keeps that value in every trial and leaves the search space (a one-line notice says so). ``searcher``: ``hyperopt`` (TPE) or ``random`` (smoke runs).
     ``plugins`` are modules imported on every worker (extra backbones); ``data_factory``
     (``"module:function"``, ``f(cfg, trial) -> TrialData``) replaces the Parquet pipeline. Returns Ray's
@@ -152,7 +152,7 @@ def tune(backbone: str = "violet", task: str = "retrieval", data: str | None = N
     name = name or f"{cfg.name}-tune-{time.strftime('%Y%m%d-%H%M%S')}"
     callbacks = list(callbacks)
     if progress:
-        callbacks.append(LiveTrialTable(search.metric, search.mode, search.params, cfg.train.epochs))
+        callbacks.append(LiveTrialTable(search.metric, search.mode, search.trial_keys, cfg.train.epochs))
     return run_tune(cfg, search, name=name, storage_path=cfg.cluster.storage_path,
                     runtime=_runtime(plugins, data_factory), num_samples=num_samples, searcher=searcher,
                     seed=seed, callbacks=callbacks, verbose=0 if progress else 1)

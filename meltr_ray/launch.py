@@ -66,7 +66,8 @@ def _job_kwargs(args) -> dict:
 def tune_arguments(p: argparse.ArgumentParser, task: str | None = "retrieval") -> None:
     job_arguments(p, task)
     p.add_argument("--space", help="search-space YAML path or name in tune_spaces/ (default: backbone/task)")
-    p.add_argument("--num-samples", type=int, help="number of trials (default: the space file's)")
+    p.add_argument("--num-samples", type=int,
+                   help="number of searched trials (default: the space file's; its baseline trial is one more)")
     p.add_argument("--searcher", choices=["hyperopt", "random"], help="hyperopt = TPE (default), random = smoke")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--restore", metavar="EXPERIMENT", help="finish an interrupted experiment (storage/name)")
@@ -79,11 +80,17 @@ def ray_start_failed(command: str, err: Exception) -> int:
     return 1
 
 
+def trial_keys(results) -> list[str]:
+    """The config keys of the trials in order of first appearance (a trial's config is the searched values
+    only; the baseline trial's holds only the baseline's keys)."""
+    return list(dict.fromkeys(key for result in results for key in result.config))
+
+
 def run_tune(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from . import api
-    from .cluster.progress import print_summary
+    from .cluster.progress import print_summary, wide_console
     from .cluster.session import RayStartError
+    from .cluster.tuner import load_baseline
     try:
         if args.restore:
             results = api.restore(args.restore, address=args.address)
@@ -92,13 +99,13 @@ def run_tune(args: argparse.Namespace) -> int:
                                seed=args.seed, progress=not args.no_progress, **_job_kwargs(args))
     except RayStartError as err:
         return ray_start_failed("tune", err)
-    console = Console()
+    console = wide_console()
     for result in results:
         if result.error:
             console.print(f"[red]trial {result.path} failed:[/red] {result.error}")
-    metric = results._experiment_analysis.default_metric
-    params = list(results[0].config)                   # a trial's config is the searched values only
-    print_summary(console, results, params, metric)
+    analysis = results._experiment_analysis
+    print_summary(console, results, trial_keys(results), analysis.default_metric, analysis.default_mode,
+                  baseline=load_baseline(str(results.experiment_path)))
     return 0 if not results.errors else 1
 
 
@@ -168,7 +175,8 @@ class _NotForDemo(argparse.Action):
 
 def demo_arguments(p: argparse.ArgumentParser) -> None:
     """The options the demo uses: how many trials, how long, where results go, which Ray."""
-    p.add_argument("--num-samples", type=int, help="number of trials (default: tune_spaces/demo.yaml's)")
+    p.add_argument("--num-samples", type=int,
+                   help="number of MELTR trials (default: tune_spaces/demo.yaml's 3), besides the MTL one")
     p.add_argument("--epochs", type=int)
     p.add_argument("--searcher", choices=["hyperopt", "random"], help="hyperopt = TPE (default), random = smoke")
     p.add_argument("--seed", type=int, default=0)

@@ -17,6 +17,7 @@ The format (``tune_spaces/README.md``)::
       meltr_lr:      {distribution: loguniform, low: 3e-5, high: 1e-3} # β
       neumann_steps: {distribution: randint, low: 1, high: 5}          # K, both ends included
       meta_every:    {distribution: choice, values: [3, 5]}
+    baseline: {meltr.combiner: mtl}   # optional: one extra trial with these settings, run first, never cut
 
 Parameter names are the short aliases of :data:`meltr_ray.config.FIELD_ALIASES` or any dotted config path.
 Every error is a :class:`SpaceError` (a ``ValueError``) that names the file and the bad key. This module does
@@ -36,7 +37,7 @@ from .config import FIELD_ALIASES, HYPERPARAMETERS, JobConfig
 
 SPACES_PACKAGE, SPACES_FOLDER = "meltr_ray", "tune_spaces"
 
-TOP_KEYS = {"description", "metric", "mode", "searcher", "num_samples", "scheduler", "params"}
+TOP_KEYS = {"description", "metric", "mode", "searcher", "num_samples", "scheduler", "params", "baseline"}
 SEARCHERS = {"hyperopt", "random"}
 SCHEDULER_KEYS = {"type", "grace_period", "reduction_factor", "max_t"}
 # distribution -> (required keys, optional keys)
@@ -65,6 +66,13 @@ class SearchSpace:
     scheduler: dict = field(default_factory=lambda: {"type": "asha", "grace_period": 1, "reduction_factor": 2})
     description: str = ""
     source: str = "<dict>"
+    # one extra trial, e.g. {"meltr.combiner": "mtl"}: the recipe with these settings and no searched value
+    baseline: dict = field(default_factory=dict)
+
+    @property
+    def trial_keys(self) -> list[str]:
+        """What a trial's config may hold: the baseline's keys (every trial says its value), then the params."""
+        return [*self.baseline, *(p for p in self.params if p not in self.baseline)]
 
     def contains(self, name: str, value) -> bool:
         """Whether ``value`` lies inside the range (or choice list) searched for ``name`` (alias or path)."""
@@ -150,6 +158,24 @@ def _check_values_fit_config(source: str, dotted: str, name: str, spec: dict) ->
             _fail(source, f"params.{name}", f"value {value!r} is not valid for {dotted}: {err}")
 
 
+def _check_baseline(source: str, baseline, params: dict) -> dict:
+    """``baseline``: a mapping of config settings (aliases or dotted paths) that are not searched."""
+    if baseline is None:
+        return {}
+    if not isinstance(baseline, dict) or not baseline:
+        _fail(source, "baseline", f"must be a non-empty mapping such as {{meltr.combiner: mtl}}, got {baseline!r}")
+    searched = {FIELD_ALIASES.get(n, n) for n in params}
+    for name, value in baseline.items():
+        dotted = _param_path(source, name)
+        if dotted in searched:
+            _fail(source, f"baseline.{name}", "is also searched in params: a baseline setting must be fixed")
+        try:
+            JobConfig().with_overrides({dotted: value}).validate()
+        except (ValueError, TypeError) as err:
+            _fail(source, f"baseline.{name}", f"value {value!r} is not valid for {dotted}: {err}")
+    return dict(baseline)
+
+
 def _check_scheduler(source: str, scheduler) -> dict:
     if scheduler is None:
         return {"type": "none"}
@@ -199,7 +225,8 @@ def parse_space(data, source: str = "<dict>") -> SearchSpace:
         _check_values_fit_config(source, dotted, name, params[name])
     return SearchSpace(metric=data["metric"], mode=data["mode"], params=params, searcher=searcher,
                        num_samples=num_samples, scheduler=_check_scheduler(source, data.get("scheduler", {})),
-                       description=str(data.get("description", "")), source=source)
+                       description=str(data.get("description", "")), source=source,
+                       baseline=_check_baseline(source, data.get("baseline"), params))
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:

@@ -10,16 +10,26 @@ import shlex
 from ray import tune
 
 from ..config import HYPERPARAMETERS
+from .search import is_baseline
 
 # labels of the searched hyperparameters, from the one table in config.py (by alias and by dotted path)
 HPARAM_LABELS = {key: f"{h.symbol} {h.alias}" for h in HYPERPARAMETERS for key in (h.alias, h.path)}
 SHORT_LABELS = {key: h.symbol for h in HYPERPARAMETERS for key in (h.alias, h.path)}
+SHORT_LABELS["meltr.combiner"] = "combiner"                # the baseline's key (MTL or MELTR)
 
 
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return "" if value is None else str(value)
+
+
+def wide_console(**kwargs):
+    """A rich console; when the output is not a terminal (piped, a log file, a notebook cell) at least 160
+    columns wide, so tables keep their values instead of squeezing them into "…" at rich's default 80."""
+    from rich.console import Console
+    console = Console(**kwargs)
+    return console if console.is_terminal else Console(width=max(console.width, 160), **kwargs)
 
 
 class LiveTrialTable(tune.Callback):
@@ -67,7 +77,7 @@ class LiveTrialTable(tune.Callback):
     def _render(self) -> None:
         from rich.live import Live
         if self._live is None:
-            self._live = Live(self.table(), refresh_per_second=2, transient=False)
+            self._live = Live(self.table(), refresh_per_second=2, transient=False, console=wide_console())
             self._live.start()
         else:
             self._live.update(self.table())
@@ -122,21 +132,62 @@ def _trial_record(result, params, metric: str) -> dict:
             "error": None if result.error is None else str(result.error).splitlines()[0]}
 
 
-def summary_record(results, params, metric: str) -> dict:
+def baseline_label(baseline: dict) -> str:
+    """``MTL`` for the plain multi-task baseline, else its settings (``meltr.combiner=fixed``)."""
+    if baseline == {"meltr.combiner": "mtl"}:
+        return "MTL"
+    return ", ".join(f"{k}={v}" for k, v in baseline.items())
+
+
+def _scored(results, metric: str) -> list:
+    return [r for r in results if r.error is None and isinstance((r.metrics or {}).get(metric), (int, float))]
+
+
+def best_searched(results, metric: str, mode: str, baseline: dict):
+    """The best trial that is not the baseline (by the last reported ``metric``), or ``None``."""
+    searched = [r for r in _scored(results, metric) if not is_baseline(r.config, baseline)]
+    if not searched:
+        return None
+    pick = max if mode == "max" else min
+    return pick(searched, key=lambda r: r.metrics[metric])
+
+
+def task_weights(metrics: dict) -> dict:
+    """``{task: ∂MELTR/∂ℓ_t}`` from a trial's last report (``weight_<task>``: the mean over its logged steps)."""
+    return {k[len("weight_"):]: v for k, v in metrics.items() if k.startswith("weight_")}   # in task order
+
+
+def comparison_record(results, params, metric: str, best, baseline: dict) -> dict | None:
+    """The best searched trial against the baseline trial on ``metric`` (``None`` without a baseline)."""
+    if not baseline:
+        return None
+    runs = [r for r in results if is_baseline(r.config, baseline)]
+    searched = [r for r in results if not is_baseline(r.config, baseline)]
+    base = _trial_record(runs[0], params, metric) if runs else None
+    return {"metric": metric, "baseline": baseline_label(baseline), "baseline_settings": dict(baseline),
+            "meltr": None if best is None else (best.metrics or {}).get(metric),
+            "baseline_value": None if base is None else base[metric], "searched_trials": len(searched),
+            "baseline_trial": base}
+
+
+def summary_record(results, params, metric: str, mode: str = "max", baseline: dict | None = None) -> dict:
     """What the search found, as plain data (also written to ``<experiment>/summary.json``): the best trial's
-    hyperparameters, metrics and checkpoint, every trial's score, and the commands to run next."""
-    best = results.get_best_result()
+    hyperparameters, metrics, learned task weights and checkpoint, the best MELTR trial against the baseline
+    (plain MTL) on ``metric``, every trial's score, and the commands to run next. With a ``baseline``, "best"
+    is the best trial that is *not* the baseline (the MELTR trial whose weights ``meltr-ray inspect`` plots)."""
+    baseline = baseline or {}
+    best = best_searched(results, metric, mode, baseline) if baseline else results.get_best_result()
     experiment = str(results.experiment_path)
-    checkpoint = (best.metrics or {}).get("checkpoint_path")
-    record = {
-        "metric": metric, "experiment": experiment,
-        "best": {**_trial_record(best, params, metric),
-                 "metrics": {k: v for k, v in sorted((best.metrics or {}).items()) if _shown_metric(k)}},
-        "trials": [_trial_record(result, params, metric) for result in results],
-        "next": {"dashboard": f"meltr-ray dashboard {shlex.quote(experiment)}"},
-    }
-    if checkpoint:
-        record["next"]["inspect"] = f"meltr-ray inspect {shlex.quote(str(checkpoint))}"
+    record = {"metric": metric, "mode": mode, "experiment": experiment, "best": None,
+              "comparison": comparison_record(results, params, metric, best, baseline),
+              "trials": [_trial_record(result, params, metric) for result in results],
+              "next": {"dashboard": f"meltr-ray dashboard {shlex.quote(experiment)}"}}
+    if best is not None:
+        metrics = best.metrics or {}
+        record["best"] = {**_trial_record(best, params, metric), "task_weights": task_weights(metrics),
+                          "metrics": {k: v for k, v in sorted(metrics.items()) if _shown_metric(k)}}
+        if metrics.get("checkpoint_path"):
+            record["next"]["inspect"] = f"meltr-ray inspect {shlex.quote(str(metrics['checkpoint_path']))}"
     return _plain(record)
 
 
@@ -158,7 +209,8 @@ def summary_table(record: dict, params):
     :func:`print_locations` prints them whole."""
     from rich.table import Table
     best = record["best"]
-    table = Table(title=f"best trial by {record['metric']}", show_header=False)
+    which = "MELTR trial" if record.get("comparison") else "trial"
+    table = Table(title=f"best {which} by {record['metric']}", show_header=False)
     table.add_column("key", no_wrap=True)
     table.add_column("value", overflow="fold")
     table.add_row("trial", _fmt(best["trial_id"]))
@@ -167,6 +219,27 @@ def summary_table(record: dict, params):
     for key, value in best["metrics"].items():
         table.add_row(key, _fmt(value))
     return table
+
+
+def comparison_lines(record: dict) -> list[str]:
+    """The story in two lines: MELTR's best against the baseline on the metric, and what MELTR learned."""
+    lines = []
+    comparison, best = record.get("comparison"), record.get("best")
+    if comparison:
+        metric, label = comparison["metric"], comparison["baseline"]
+        meltr, base = comparison["meltr"], comparison["baseline_value"]
+        n = comparison["searched_trials"]
+        if meltr is None or base is None:
+            missing = "MELTR" if meltr is None else label
+            lines.append(f"MELTR vs {label} on {metric}: no result for {missing} (see the failed trials above)")
+        else:
+            lines.append(f"MELTR vs {label} on {metric}: {meltr:.1f} vs {base:.1f} ({meltr - base:+.1f}; "
+                         f"MELTR: best of {n} trials, {label}: 1 trial, same epochs, one seed each)")
+    if best and best.get("task_weights"):
+        weights = " · ".join(f"{task} {value:.2f}" for task, value in best["task_weights"].items())
+        lines.append(f"learned task weights ∂MELTR/∂ℓ_t (best MELTR trial, epoch {_fmt(best['epoch'])}): "
+                     f"{weights}")
+    return lines
 
 
 def print_locations(console, rows) -> None:
@@ -178,14 +251,20 @@ def print_locations(console, rows) -> None:
             console.print(str(value), soft_wrap=True, markup=False, highlight=False)
 
 
-def print_summary(console, results, params, metric: str) -> dict:
-    """Print the best trial's table, then where things are and what to run next (whole paths), and write
-    ``summary.json`` into the experiment folder. Returns the record."""
-    record = summary_record(results, params, metric)
+def print_summary(console, results, params, metric: str, mode: str = "max", baseline: dict | None = None) -> dict:
+    """Print the best trial's table, MELTR against the baseline and the learned task weights, then where things
+    are and what to run next (whole paths), and write ``summary.json`` into the experiment folder. Returns the
+    record."""
+    record = summary_record(results, params, metric, mode, baseline)
     written = write_summary(record)
-    console.print(summary_table(record, params))
+    if record["best"] is not None:
+        console.print(summary_table(record, params))
+    for line in comparison_lines(record):
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
+    best = record["best"] or {}
     print_locations(console, [
-        ("checkpoint of the best trial", record["best"]["checkpoint"]), ("experiment", record["experiment"]),
-        ("summary", written), ("what MELTR learned (plots)", record["next"].get("inspect")),
+        ("checkpoint of the best MELTR trial" if baseline else "checkpoint of the best trial", best.get("checkpoint")),
+        ("experiment", record["experiment"]), ("summary", written),
+        ("what MELTR learned (plots)", record["next"].get("inspect")),
         ("the curves again (TensorBoard)", record["next"]["dashboard"])])
     return record

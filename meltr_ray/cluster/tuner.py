@@ -23,11 +23,11 @@ import pyarrow.fs
 import ray
 from ray import tune
 
-from ..config import JobConfig
+from ..config import FIELD_ALIASES, JobConfig
 from ..spaces import SearchSpace
 from .driver import trial_driver, worker_resources
 from .preflight import check_resources, concurrent_trials, node_capacities, warn_if_storage_not_shared
-from .search import make_scheduler, make_searcher, param_space
+from .search import make_scheduler, make_searcher, tuner_param_space
 
 DRIVER_RESOURCE = "train_driver"
 RUN_FILE = "meltr_run.json"
@@ -59,23 +59,32 @@ def _filesystem(path: str):
     return pyarrow.fs.FileSystem.from_uri(path)
 
 
-def save_run(experiment: str, job: dict, runtime: dict) -> None:
-    """Write ``{"job", "runtime"}`` to ``<experiment>/meltr_run.json`` (local folder or URI)."""
+def save_run(experiment: str, job: dict, runtime: dict, baseline: dict | None = None) -> None:
+    """Write ``{"job", "runtime", "baseline"}`` to ``<experiment>/meltr_run.json`` (local folder or URI)."""
     fs, root = _filesystem(experiment)
     fs.create_dir(root, recursive=True)
     with fs.open_output_stream(f"{root}/{RUN_FILE}") as f:
-        f.write(json.dumps({"job": job, "runtime": runtime}, indent=1).encode())
+        f.write(json.dumps({"job": job, "runtime": runtime, "baseline": baseline or {}}, indent=1).encode())
+
+
+def _read_run(experiment: str) -> dict:
+    fs, root = _filesystem(experiment)
+    try:
+        with fs.open_input_stream(f"{root}/{RUN_FILE}") as f:
+            return json.loads(f.read().decode())
+    except FileNotFoundError:
+        raise ValueError(f"{experiment!r} has no {RUN_FILE}: not an experiment started by meltr_ray.tune") from None
 
 
 def load_run(experiment: str) -> tuple[dict, dict]:
     """``(job, runtime)`` saved by :func:`save_run` for the experiment at ``experiment``."""
-    fs, root = _filesystem(experiment)
-    try:
-        with fs.open_input_stream(f"{root}/{RUN_FILE}") as f:
-            run = json.loads(f.read().decode())
-    except FileNotFoundError:
-        raise ValueError(f"{experiment!r} has no {RUN_FILE}: not an experiment started by meltr_ray.tune") from None
+    run = _read_run(experiment)
     return run["job"], run["runtime"]
+
+
+def load_baseline(experiment: str) -> dict:
+    """The search space's ``baseline`` settings the experiment ran with (``{}``: none)."""
+    return _read_run(experiment).get("baseline") or {}
 
 
 def train_storage(storage_path: str, name: str) -> str:
@@ -92,20 +101,34 @@ def plan_concurrency(cfg: JobConfig, num_samples: int) -> int:
     return max(1, min(num_samples, concurrent_trials(cfg, resources, nodes)))
 
 
+def recipe_values(cfg: JobConfig, keys) -> dict:
+    """``{key: cfg's value}`` for config keys given as aliases or dotted paths (``meltr.combiner``)."""
+    values = {}
+    for key in keys:
+        section, field = FIELD_ALIASES.get(key, key).split(".")
+        values[key] = getattr(getattr(cfg, section), field)
+    return values
+
+
 def run_tune(cfg: JobConfig, space: SearchSpace, *, name: str, storage_path: str, runtime: dict | None = None,
              num_samples: int | None = None, searcher: str | None = None, seed: int = 0, callbacks=(),
              verbose: int = 1) -> tune.ResultGrid:
-    """Search ``space`` around ``cfg`` and return Tune's ``ResultGrid`` (best trial by ``space.metric``)."""
-    num_samples = num_samples or space.num_samples
+    """Search ``space`` around ``cfg`` and return Tune's ``ResultGrid`` (best trial by ``space.metric``).
+
+    ``num_samples`` searched trials, plus one when the space has a ``baseline`` (run first, with the same
+    epochs; see :mod:`meltr_ray.cluster.search`)."""
+    num_samples = (num_samples or space.num_samples) + (1 if space.baseline else 0)
     max_concurrent = plan_concurrency(cfg, num_samples)
+    marker = recipe_values(cfg, space.baseline)
     runtime = {**(runtime or {}), "storage_path": train_storage(storage_path, name)}
-    save_run(f"{storage_path.rstrip('/')}/{name}", cfg.to_dict(), runtime)
+    save_run(f"{storage_path.rstrip('/')}/{name}", cfg.to_dict(), runtime, space.baseline)
     tuner = tune.Tuner(
         trainable(cfg.to_dict(), runtime),
-        param_space=param_space(space),
+        param_space=tuner_param_space(space),
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, num_samples=num_samples, max_concurrent_trials=max_concurrent,
-            search_alg=make_searcher(space, searcher, seed=seed, max_concurrent=max_concurrent),
+            search_alg=make_searcher(space, searcher, seed=seed, max_concurrent=max_concurrent,
+                                     searched_marker=marker),
             scheduler=make_scheduler(space, cfg.train.epochs), trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=list(callbacks), verbose=verbose,

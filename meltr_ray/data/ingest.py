@@ -211,7 +211,9 @@ def ingest(format: str = "jsonl", videos: str | None = None, annotations: str | 
     _write_metadata(out, records, report, vocab, vocab_size)
     if progress:
         from rich.console import Console
-        Console(stderr=True).print(summary_table(report))
+        console = Console(stderr=True)
+        console.print(summary_table(report))
+        console.print(f"shards: {report.out}", soft_wrap=True)     # whole, whatever the width: the next command needs it
     return report
 
 

@@ -45,7 +45,7 @@ def summary_table(report: IngestReport):
     """A rich table: rows written, bytes, shards, skipped rows by reason, files left alone in ``--out``."""
     from rich.table import Table
 
-    table = Table(title=f"meltr-ray ingest → {report.out}")
+    table = Table(title="meltr-ray ingest")   # the folder is printed whole below the table
     table.add_column("what")
     table.add_column("count", justify="right")
     table.add_row("rows written", str(report.rows_written))

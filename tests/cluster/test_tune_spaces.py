@@ -17,6 +17,8 @@ def test_shipped_spaces_are_valid_and_contain_the_paper_setting():
         space = load_space(name)
         for gamma in (0.1, 0.3, 0.5):
             assert space.contains("reg_weight", gamma), name
+        if name == "demo":      # α is the recipe's in every demo trial: MELTR and its MTL baseline share it
+            assert "backbone_lr" not in space.params and space.baseline == {"meltr.combiner": "mtl"}
         assert space.contains("meltr_lr", 1e-4), name
         # a space may leave α, K and meta_every to the recipe (resnet: a from-scratch α, not 3e-5); when it
         # searches them, the paper's value lies inside

@@ -72,6 +72,10 @@ class VioletConfig:
     mask_token_id: int = 103
     mtm_prob: float = 0.15
     vtm_temperature: float = 0.05          # VTM logits = score / 0.05 in training (official)
+    # official: video→text CE only, blind to a per-video score offset; from random weights that offset grows
+    # freely and text→video ranking stays at chance (the demo measured it): True adds the text→video CE
+    vtm_symmetric: bool = False
+    dropout: float = 0.1                   # BERT hidden/attention and head dropout (official 0.1; OE head 0.5)
     mvm_targets: str = "shards"            # shards (batch["vq_ids"]) | color (stand-in, demos only)
     masked_primary: bool = False           # True = official bug B-V2: the primary loss sees masked frames
     reuse_pretrained_vtm: bool = True      # QA: start fc_vtm from the pretrained VTM head `fc` (official: fresh)
@@ -135,7 +139,8 @@ def bert_config(cfg: VioletConfig) -> BertConfig:
     bert = BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
                       num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
                       max_position_embeddings=cfg.max_text_len, type_vocab_size=2, layer_norm_eps=1e-12,
-                      pad_token_id=cfg.pad_token_id)
+                      pad_token_id=cfg.pad_token_id, hidden_dropout_prob=cfg.dropout,
+                      attention_probs_dropout_prob=cfg.dropout)
     bert._attn_implementation = "eager"        # written-out attention: double backward works
     return bert
 
@@ -147,7 +152,7 @@ def _build_head(role: str, cfg: VioletConfig, bert: BertConfig) -> nn.Module:
         head.predictions.decoder.bias = head.predictions.bias      # one Parameter, two keys (as official)
         return head
     out = {"vtm": 1, "mc": 1, "mvm": cfg.mvm_vocab, "oe": cfg.size_vocab, "cls": cfg.num_classes}[role]
-    return two_layer_head(d, out, dropout=0.5 if role == "oe" else 0.1)
+    return two_layer_head(d, out, dropout=0.5 if role == "oe" else cfg.dropout)
 
 
 def _init_bert_style(module: nn.Module) -> None:

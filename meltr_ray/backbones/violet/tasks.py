@@ -3,7 +3,8 @@
 All losses are cross-entropies; masked positions only (labels −1 carry no loss). With ``m`` a :class:`Violet`:
 
 * VTM over the B×B (video i, text j) pairs of a batch: s_ij = head_vtm(h_[CLS](v_i, t_j)),
-  L = CE_i(s_i· / 0.05, target i) — video→text classification among the batch's texts (official).
+  L = CE_i(s_i· / 0.05, target i) — video→text classification among the batch's texts (official);
+  ``vtm_symmetric`` averages it with the text→video CE_j(s_·j / 0.05, target j).
 * MTM + MVM: one cross pass on (masked video, masked text); MLM head on text positions, the 8192-way MVM head on
   video positions.
 * Retrieval [VTM, MTM, MVM]: VTM is primary, so it sees clean frames (B-V2; ``masked_primary=True`` restores
@@ -117,7 +118,10 @@ def pair_scores(m, video: torch.Tensor, text: torch.Tensor, text_mask: torch.Ten
 
 def _vtm_loss(m, video, text, text_mask) -> torch.Tensor:
     scores = pair_scores(m, video, text, text_mask) / m.cfg.vtm_temperature
-    return F.cross_entropy(scores, torch.arange(scores.shape[0], device=scores.device))
+    target = torch.arange(scores.shape[0], device=scores.device)
+    if m.cfg.vtm_symmetric:              # (video→text CE + text→video CE) / 2
+        return (F.cross_entropy(scores, target) + F.cross_entropy(scores.t(), target)) / 2
+    return F.cross_entropy(scores, target)
 
 
 def _videos(m, frames, batch, wanted: set, primary: str):
