@@ -23,7 +23,7 @@ import pyarrow.fs
 import ray
 from ray import tune
 
-from ..config import JobConfig
+from ..config import JobConfig, with_legacy_defaults
 from ..spaces import SearchSpace
 from .driver import trial_driver, worker_resources
 from .preflight import check_resources, concurrent_trials, node_capacities, warn_if_storage_not_shared
@@ -68,14 +68,15 @@ def save_run(experiment: str, job: dict, runtime: dict) -> None:
 
 
 def load_run(experiment: str) -> tuple[dict, dict]:
-    """``(job, runtime)`` saved by :func:`save_run` for the experiment at ``experiment``."""
+    """``(job, runtime)`` saved by :func:`save_run` for the experiment at ``experiment`` (the job with the
+    legacy defaults of fields it predates, :func:`meltr_ray.config.with_legacy_defaults`)."""
     fs, root = _filesystem(experiment)
     try:
         with fs.open_input_stream(f"{root}/{RUN_FILE}") as f:
             run = json.loads(f.read().decode())
     except FileNotFoundError:
         raise ValueError(f"{experiment!r} has no {RUN_FILE}: not an experiment started by meltr_ray.tune") from None
-    return run["job"], run["runtime"]
+    return with_legacy_defaults(run["job"], f"{experiment}/{RUN_FILE}"), run["runtime"]
 
 
 def train_storage(storage_path: str, name: str) -> str:
