@@ -102,7 +102,7 @@ class MetaConfig:
     include_direct: bool = False           # add ∂L_outer/∂φ (the regulariser depends on φ directly)
     inverse: str = "neumann"               # inverse-Hessian approximation: neumann (K terms) | identity (K = 0)
     products: str = "exact"                # second-order products: exact (double backward) | finite_difference
-    fd_radius: float = 1e-2                # finite-difference radius R (ε = R/‖p‖)
+    fd_radius: float = 1e-3                # finite-difference radius R (ε = R/‖p‖; benchmarks/README)
     scope: Any = "default"                 # all | default (backbone's choice) | list of fnmatch patterns
     meta_every: int = 3                    # meta step every N inner steps (official auxgrad_every)
     source: str = "replay"                 # replay | split | current (where meta batch A comes from)
