@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ class MetaConfig:
     include_direct: bool = False           # add ∂L_outer/∂φ (the regulariser depends on φ directly)
     inverse: str = "neumann"               # inverse-Hessian approximation: neumann (K terms) | identity (K = 0)
     products: str = "exact"                # second-order products: exact (double backward) | finite_difference
-    fd_radius: float = 1e-2                # finite-difference radius R (ε = R/‖p‖)
+    fd_radius: float = 1e-3                # finite-difference radius R (ε = R/‖p‖; benchmarks/README)
     scope: Any = "default"                 # all | default (backbone's choice) | list of fnmatch patterns
     meta_every: int = 3                    # meta step every N inner steps (official auxgrad_every)
     source: str = "replay"                 # replay | split | current (where meta batch A comes from)
@@ -197,6 +200,11 @@ class JobConfig:
                 setattr(cfg, key, value)
         return cfg
 
+    @classmethod
+    def from_saved(cls, data: dict, source: str = "a saved config") -> "JobConfig":
+        """A config read back from a checkpoint or ``meltr_run.json``: :func:`with_legacy_defaults` first."""
+        return cls.from_dict(with_legacy_defaults(data, source))
+
     # ---- overrides ----------------------------------------------------------------------------------
     def with_overrides(self, overrides: dict | None) -> "JobConfig":
         """A copy with ``{"section.field": value}`` (or a short alias such as ``reg_weight``) applied."""
@@ -208,6 +216,30 @@ class JobConfig:
     def validate(self) -> "JobConfig":
         validate(self)
         return self
+
+
+# Fields whose default changed after configs were first saved: a saved config without the field ran with the
+# value on the right, so it must be rebuilt with it (a new config still gets the dataclass default).
+LEGACY_DEFAULTS = {
+    "meltr.start": "official",   # before meltr.start existed (issue 9) every MELTR had the official forward
+}
+
+
+def with_legacy_defaults(data: dict, source: str = "a saved config") -> dict:
+    """A copy of the saved config dict ``data`` with each missing :data:`LEGACY_DEFAULTS` field set to the value
+    it was trained with; logs one line naming ``source`` and the fields filled. Use only where a config is read
+    back (checkpoints, ``meltr_run.json``), never for a user's new config."""
+    data = copy.deepcopy(data)
+    filled = []
+    for dotted, value in LEGACY_DEFAULTS.items():
+        section, name = dotted.split(".")
+        if isinstance(data.get(section), dict) and name not in data[section]:
+            data[section][name] = value
+            filled.append(f"{dotted}={value!r}")
+    if filled:
+        logger.warning("%s predates %s: rebuilt with %s (what it was trained with)",
+                       source, ", ".join(d.split("=")[0] for d in filled), ", ".join(filled))
+    return data
 
 
 def _field_names(cls) -> set[str]:

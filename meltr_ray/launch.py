@@ -6,6 +6,7 @@ the launchers call :func:`tune_main`. Ray is imported only inside the ``run_*`` 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 import yaml
@@ -24,11 +25,20 @@ ADDRESS_HELP = ("Ray cluster to join: 'auto' (the cluster this node belongs to, 
                 "HOST:PORT; default: RAY_ADDRESS if exported, else a private local Ray on 127.0.0.1")
 
 
+# A decimal number in any spelling Python's float() reads; YAML 1.1 (PyYAML) reads 1e-4, 3E5 and -2e-3 as strings.
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _override(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` → ``(key, value)``: VALUE read as YAML, except that an unquoted number YAML 1.1 leaves a
+    string (``train.lr=1e-4``) becomes a float; ints stay ints, quoted and other strings stay strings."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. meta.clip_norm=5), got {text!r}")
-    return key, yaml.safe_load(value)
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return key, float(value)
+    return key, parsed
 
 
 def job_arguments(p: argparse.ArgumentParser, task: str | None = "retrieval") -> None:

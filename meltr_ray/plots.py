@@ -76,9 +76,10 @@ def checkpoint_info(path: str | os.PathLike, state: dict) -> CheckpointInfo:
 
 
 # ---- the combiner and the numbers ------------------------------------------------------------------------
-def combiner_from_state(state: dict):
-    """(MELTR in eval mode, task names) rebuilt from a checkpoint's config and state dict."""
-    cfg = JobConfig.from_dict(state["config"]).meltr
+def combiner_from_state(state: dict, source: str = "the checkpoint"):
+    """(MELTR in eval mode, task names) rebuilt from a checkpoint's config (legacy defaults filled, see
+    :func:`meltr_ray.config.with_legacy_defaults`) and state dict."""
+    cfg = JobConfig.from_saved(state["config"], source).meltr
     weights = state["combiner"]
     names = state.get("task_names")
     num_tasks = len(names) if names else _num_tasks(weights)
@@ -336,7 +337,7 @@ def inspect_checkpoint(checkpoint: str, out_dir: str, tasks=None,
                        reference: dict | float | str | None = "observed") -> list[str]:
     """Write ``meltr_task_weights.png`` (Fig. 1) and ``meltr_surface.png`` (Fig. 3) for a checkpoint."""
     state = load_checkpoint(checkpoint)
-    combiner, names = combiner_from_state(state)
+    combiner, names = combiner_from_state(state, f"checkpoint {checkpoint}")
     info = checkpoint_info(checkpoint, state)
     os.makedirs(out_dir, exist_ok=True)
     paths = [plot_task_weights(combiner, names, os.path.join(out_dir, "meltr_task_weights.png"),

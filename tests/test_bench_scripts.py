@@ -74,3 +74,16 @@ def test_bench_meta_step_floor_and_json_run_on_cpu(tmp_path):
     numbers = json.loads(out.read_text())
     assert set(numbers["variants"]) == {"mtl", "meltr_k0", "meltr_k3"}
     assert numbers["variants"]["mtl"]["cpu_x_mtl"] == 1.0
+
+
+@pytest.mark.slow
+def test_bench_fd_radius_runs_and_converges_on_resnet(tmp_path):
+    """One smooth case: the finite differences approach the exact products as R shrinks from 1e-1 to 1e-3."""
+    out = tmp_path / "fd.json"
+    proc = subprocess.run([sys.executable, "benchmarks/bench_fd_radius.py", "--only", "resnet_tiny", "--seeds", "0",
+                           "--radii", "1e-1,1e-3", "--json", str(out)], cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errors = json.loads(out.read_text())["errors"]["resnet_tiny / classification"]
+    assert errors["0.001"][0] < min(1e-2, errors["0.1"][0])
+    assert "| resnet_tiny / classification |" in proc.stdout

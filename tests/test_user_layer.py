@@ -66,6 +66,25 @@ def test_the_demo_keeps_the_options_it_uses():
     assert args.overrides == [("train.batch_size", 4)]
 
 
+@pytest.mark.parametrize("text, value", [
+    ("1e-4", 1e-4), ("3E5", 3e5), (".5", 0.5), ("-2e-3", -2e-3), ("+1.5e+2", 150.0), ("2.", 2.0), ("1.0e4", 1e4),
+    ("5", 5), ("-3", -3), ("0.25", 0.25),                               # YAML's own numbers, ints stay ints
+    ("adamw", "adamw"), ("'1e-4'", "1e-4"), ("1e-4x", "1e-4x"), ("e5", "e5"), ("1e", "1e"),   # strings stay
+    ("null", None), ("true", True), ("[0.9, 0.999]", [0.9, 0.999])])
+def test_set_reads_numbers_yaml_1_1_leaves_as_strings(text, value):
+    """PyYAML (YAML 1.1) reads 1e-4 as the string '1e-4'; --set must give a float, and only there."""
+    args = build_parser().parse_args(["demo", "--set", f"optim.backbone_lr={text}"])
+    (key, parsed), = args.overrides
+    assert key == "optim.backbone_lr" and parsed == value and type(parsed) is type(value)
+
+
+def test_a_set_learning_rate_reaches_the_config_as_a_float():
+    from meltr_ray.config import JobConfig
+    args = build_parser().parse_args(["demo", "--set", "optim.backbone_lr=1e-4", "--set", "meta.reg_weight=3E-1"])
+    cfg = JobConfig().with_overrides(dict(args.overrides)).validate()
+    assert cfg.optim.backbone_lr == 1e-4 and cfg.meta.reg_weight == 0.3
+
+
 def test_a_launcher_whose_default_backbone_is_not_registered_exits_2(capsys, monkeypatch):
     """An installation without UniVL (its specs removed from the registry here): the sentiment launcher's
     default backbone is missing — one line, exit code 2, the registered families named."""

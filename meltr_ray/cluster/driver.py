@@ -74,13 +74,13 @@ def shard_data(cfg: JobConfig, trial: str) -> TrialData:
     from .data import build_datasets
     context = ray.data.DataContext.get_current()       # captured by the datasets: no per-trial progress bars
     context.enable_progress_bars, context.print_on_execution_start = False, False
-    d = cfg.data
+    d, spec = cfg.data, task_data_spec(cfg)
     splits = [d.train_split, d.val_split] + ([d.meta_split] if cfg.meta.source == "split" else [])
     datasets = build_datasets(d.path, splits=tuple(dict.fromkeys(splits)), num_frames=d.num_frames,
                               image_size=d.image_size, max_text_len=d.max_text_len, vocab_path=d.vocab_path,
-                              items=task_data_spec(cfg).items, sampling=d.sampling, decode_actors=d.decode_actors,
-                              resize_mode=d.resize_mode, augment=task_data_spec(cfg).augment,
-                              on_bad_row=SkippedRowsHook(trial),
+                              items=spec.items, sampling=d.sampling, decode_actors=d.decode_actors,
+                              resize_mode=d.resize_mode, augment=spec.augment,
+                              max_feature_frames=feature_frames(cfg), on_bad_row=SkippedRowsHook(trial),
                               log_name=f"bad_rows_{trial}", seed=cfg.train.seed)
     if d.train_split not in datasets:
         raise ValueError(f"data path {d.path!r} has no shards for split {d.train_split!r} (data.train_split)")
@@ -92,6 +92,14 @@ def task_data_spec(cfg: JobConfig):
     """The :class:`DataSpec` of the run's backbone and task."""
     from ..backbones import get_spec
     return get_spec(cfg.backbone.name).task(cfg.backbone.task, cfg.backbone.name).data
+
+
+def feature_frames(cfg: JobConfig) -> int:
+    """Feature vectors per sample for modality ``features`` (UniVL's S3D features, one per second):
+    ``data.num_frames``, or the spec's when unset — ``resolve_job`` has checked it against the model's
+    ``max_frames``. The decoder truncates longer clips and zero-pads shorter ones to it (with a mask); video
+    and image rows never read it."""
+    return cfg.data.num_frames or task_data_spec(cfg).num_frames
 
 
 def shard_steps_per_epoch(cfg: JobConfig) -> int | None:

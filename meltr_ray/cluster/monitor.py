@@ -11,6 +11,8 @@ metric                                     tags                    meaning
 ``meltr_task_loss``                        trial, task             ℓ_t, the task's loss on the last batch
 ``meltr_train_loss``                       trial                   MELTR(ℓ), the combined training loss
 ``meltr_meta_grad_norm``                   trial                   ‖hypergradient‖ of the last meta step
+``meltr_meta_neumann_correction``          trial                   ‖Σ_j v_j − (K+1)g‖ / ‖(K+1)g‖ of the last meta
+                                                                   step: ≈ 0 means K only rescales the K = 0 step
 ``meltr_clips_per_second``                 trial                   training throughput over all workers
 ``meltr_inner_steps`` (counter)            trial                   inner (backbone) steps taken
 ``meltr_skipped_rows`` (counter)           trial                   undecodable rows dropped (once per epoch)
@@ -47,6 +49,8 @@ METRICS = {spec.name: spec for spec in (
     MetricSpec("meltr_task_loss", "gauge", "task loss on the last batch", ("trial", "task")),
     MetricSpec("meltr_train_loss", "gauge", "MELTR-combined training loss", ("trial",)),
     MetricSpec("meltr_meta_grad_norm", "gauge", "hypergradient norm", ("trial",)),
+    MetricSpec("meltr_meta_neumann_correction", "gauge",
+               "relative Neumann correction |sum_j v_j - (K+1)g| / |(K+1)g| of the last meta step", ("trial",)),
     MetricSpec("meltr_clips_per_second", "gauge", "training clips per second", ("trial",)),
     MetricSpec("meltr_inner_steps", "counter", "inner steps", ("trial",)),
     MetricSpec("meltr_skipped_rows", "counter", "rows dropped by the data pipeline", ("trial",)),
@@ -78,6 +82,10 @@ def train_loss_gauge():
 
 def meta_grad_norm_gauge():
     return _metric("meltr_meta_grad_norm")
+
+
+def meta_neumann_correction_gauge():
+    return _metric("meltr_meta_neumann_correction")
 
 
 def clips_per_second_gauge():
@@ -128,6 +136,8 @@ class StepMonitor:
             train_loss_gauge().set(metrics["train_loss"], tags=tags)
         if "meta_grad_norm" in metrics:
             meta_grad_norm_gauge().set(metrics["meta_grad_norm"], tags=tags)
+        if "meta_neumann_correction" in metrics:
+            meta_neumann_correction_gauge().set(metrics["meta_neumann_correction"], tags=tags)
         self._throughput(metrics.get("step", self.last_step), tags)
 
     def _throughput(self, step: int, tags: dict) -> None:

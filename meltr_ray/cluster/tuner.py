@@ -23,7 +23,7 @@ import pyarrow.fs
 import ray
 from ray import tune
 
-from ..config import FIELD_ALIASES, JobConfig
+from ..config import FIELD_ALIASES, JobConfig, with_legacy_defaults
 from ..spaces import SearchSpace
 from .driver import trial_driver, worker_resources
 from .preflight import check_resources, concurrent_trials, node_capacities, warn_if_storage_not_shared
@@ -77,9 +77,10 @@ def _read_run(experiment: str) -> dict:
 
 
 def load_run(experiment: str) -> tuple[dict, dict]:
-    """``(job, runtime)`` saved by :func:`save_run` for the experiment at ``experiment``."""
+    """``(job, runtime)`` saved by :func:`save_run` for the experiment at ``experiment`` (the job with the
+    legacy defaults of fields it predates, :func:`meltr_ray.config.with_legacy_defaults`)."""
     run = _read_run(experiment)
-    return run["job"], run["runtime"]
+    return with_legacy_defaults(run["job"], f"{experiment}/{RUN_FILE}"), run["runtime"]
 
 
 def load_baseline(experiment: str) -> dict:

@@ -287,7 +287,7 @@ def neumann_correction(p: Tensors, g: Tensors, steps: int) -> float:
 def hypergradient(outer_loss, inner_loss, params, meta_params, *, neumann_steps: int = 3,
                   neumann_lr: float | None, convention: str = "series", include_direct: bool = False,
                   inverse: str = "neumann", products: str = "exact", method: str | None = None,
-                  fd_radius: float = 1e-2, reduce: Reduce | None = None, generators: Sequence = (),
+                  fd_radius: float = 1e-3, reduce: Reduce | None = None, generators: Sequence = (),
                   info: dict | None = None) -> tuple:
     """The hypergradient of ``outer_loss`` with respect to ``meta_params`` (see the module docstring).
 

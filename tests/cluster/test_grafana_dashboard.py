@@ -92,3 +92,33 @@ def test_install_copies_it_next_to_rays_dashboards(tmp_path):
     ray_dashboards.mkdir(parents=True)
     target = install_grafana_dashboard(tmp_path)
     assert target.parent == ray_dashboards and json.loads(target.read_text())["uid"] == _dashboard()["uid"]
+
+
+class _Recorder:
+    """Stands in for a Ray gauge or counter: remembers the last value and tags it got."""
+
+    def __init__(self):
+        self.calls = []
+
+    def set(self, value, tags):
+        self.calls.append((value, tags))
+
+    inc = set
+
+
+def test_step_monitor_publishes_every_step_metric_the_trainer_reports(monkeypatch):
+    """Each metric a logged step carries (the bilevel trainer's names) reaches its gauge, the Neumann
+    correction of the meta step included; nothing is registered with Ray (the recorders replace it)."""
+    from meltr_ray.cluster import monitor
+    recorders = {name: _Recorder() for name in METRICS}
+    monkeypatch.setattr(monitor, "_METRICS", recorders)
+    clock = iter([0.0, 2.0]).__next__
+    step = monitor.StepMonitor("t1", ["vtm"], clips_per_step=4, clock=clock)
+    step({"step": 3, "weight_vtm": 0.5, "loss_vtm": 1.5, "train_loss": 1.5, "meta_grad_norm": 0.25,
+          "meta_neumann_correction": 0.0625})
+    assert recorders["meltr_meta_neumann_correction"].calls == [(0.0625, {"trial": "t1"})]
+    assert recorders["meltr_meta_grad_norm"].calls == [(0.25, {"trial": "t1"})]
+    assert recorders["meltr_task_weight"].calls == [(0.5, {"trial": "t1", "task": "vtm"})]
+    assert recorders["meltr_clips_per_second"].calls == [(3 * 4 / 2.0, {"trial": "t1"})]
+    unset = {name for name, r in recorders.items() if not r.calls} - {"meltr_skipped_rows"}
+    assert not unset, f"StepMonitor never sets {unset}"

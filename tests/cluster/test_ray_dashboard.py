@@ -26,7 +26,7 @@ class _Publisher:
         clock = iter([0.0, 1.0, 3.0]).__next__                       # 2 s between the two logged steps
         monitor = StepMonitor(trial, ["vtm", "mlm"], clips_per_step=16, clock=clock)
         monitor({"step": 4, "weight_vtm": 0.75, "weight_mlm": 0.25, "loss_vtm": 1.5, "loss_mlm": 3.0,
-                 "train_loss": 2.0, "meta_grad_norm": 0.5})
+                 "train_loss": 2.0, "meta_grad_norm": 0.5, "meta_neumann_correction": 0.125})
         monitor({"step": 8, "weight_vtm": 0.75, "weight_mlm": 0.25})
         SkippedRowsHook(trial)("row1", "video1", "corrupt")
 
@@ -46,7 +46,7 @@ def test_every_metric_the_grafana_dashboard_queries_reaches_the_prometheus_expor
     port = ray._private.worker.global_worker.node.metrics_export_port
     publisher = _Publisher.remote()
     wanted = _grafana_metric_names()
-    assert len(wanted) == 7
+    assert len(wanted) == 8
     try:
         ray.get(publisher.publish.remote("trial-dash"))
         deadline, text, missing = time.time() + 90, "", wanted
@@ -60,6 +60,8 @@ def test_every_metric_the_grafana_dashboard_queries_reaches_the_prometheus_expor
         assert not missing, f"not exported: {missing}\n" + "\n".join(l for l in text.splitlines() if "meltr" in l)
         weight = [line for line in ours if line.startswith("ray_meltr_task_weight{") and 'task="vtm"' in line]
         assert float(weight[0].rsplit(" ", 1)[1]) == pytest.approx(0.75)
+        correction = [line for line in ours if line.startswith("ray_meltr_meta_neumann_correction{")]
+        assert float(correction[0].rsplit(" ", 1)[1]) == pytest.approx(0.125)
         clips = [line for line in ours if line.startswith("ray_meltr_clips_per_second{")]
         assert float(clips[0].rsplit(" ", 1)[1]) == pytest.approx(4 * 16 / 2.0)
         assert all("SessionName=" in line for line in ours)          # the dashboard's session filter
