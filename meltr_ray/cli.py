@@ -94,17 +94,9 @@ def experiment_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _config_override(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` with VALUE a number (``1e-4`` included, which YAML 1.1 reads as a string) or YAML."""
-    import yaml
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. meta.reg_weight=0.3), got {text!r}")
-    for number in (int, float):
-        try:
-            return key, number(value)
-        except ValueError:
-            pass
-    return key, yaml.safe_load(value)
+    """``KEY=VALUE`` as the launchers' ``--set`` reads it (:func:`meltr_ray.launch.parse_override`)."""
+    from .launch import parse_override
+    return parse_override(text)
 
 
 def run_experiment(args: argparse.Namespace) -> int:

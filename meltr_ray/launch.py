@@ -21,6 +21,8 @@ def default_backbone(task: str | None) -> str | None:
     families = families_for_task(task or "retrieval")
     preferred = PREFERRED_FAMILY.get(task or "", "violet")
     return preferred if preferred in families else (families[0] if families else PREFERRED_FAMILY.get(task))
+
+
 ADDRESS_HELP = ("Ray cluster to join: 'auto' (the cluster this node belongs to, e.g. on a `ray up` head) or "
                 "HOST:PORT; default: RAY_ADDRESS if exported, else a private local Ray on 127.0.0.1")
 
@@ -29,7 +31,7 @@ ADDRESS_HELP = ("Ray cluster to join: 'auto' (the cluster this node belongs to, 
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-def _override(text: str) -> tuple[str, object]:
+def parse_override(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` → ``(key, value)``: VALUE read as YAML, except that an unquoted number YAML 1.1 leaves a
     string (``train.lr=1e-4``) becomes a float; ints stay ints, quoted and other strings stay strings."""
     key, sep, value = text.partition("=")
@@ -55,7 +57,7 @@ def job_arguments(p: argparse.ArgumentParser, task: str | None = "retrieval") ->
     p.add_argument("--cpu", action="store_true", help="CPU workers (gloo) instead of GPUs")
     p.add_argument("--storage", help="results storage: shared on clusters (s3://bucket/path, EFS, FSx)")
     p.add_argument("--name", help="experiment / run name (re-use it to resume a train run)")
-    p.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set meta.clip_norm=5 --set train.batch_size=16")
     p.add_argument("--address", help=ADDRESS_HELP)
     p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
@@ -192,7 +194,7 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--storage", help="results folder (default ~/meltr_results)")
     p.add_argument("--name", help="experiment name")
-    p.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set train.batch_size=4")
     p.add_argument("--address", help=ADDRESS_HELP)
     p.add_argument("--no-progress", action="store_true", help="Tune's own output instead of the live table")

@@ -78,6 +78,14 @@ def test_set_reads_numbers_yaml_1_1_leaves_as_strings(text, value):
     assert key == "optim.backbone_lr" and parsed == value and type(parsed) is type(value)
 
 
+def test_experiment_set_reads_values_as_the_launchers_do():
+    """`meltr-ray experiment digits --set` and the launchers' --set are one parser."""
+    args = build_parser().parse_args(["experiment", "digits", "--set", "meta.reg_weight=1e-1",
+                                      "--set", "meltr.start='1e-4'", "--set", "train.epochs=3"])
+    assert args.overrides == [("meta.reg_weight", 0.1), ("meltr.start", "1e-4"), ("train.epochs", 3)]
+    assert type(args.overrides[2][1]) is int
+
+
 def test_a_set_learning_rate_reaches_the_config_as_a_float():
     from meltr_ray.config import JobConfig
     args = build_parser().parse_args(["demo", "--set", "optim.backbone_lr=1e-4", "--set", "meta.reg_weight=3E-1"])
