@@ -148,6 +148,12 @@ class CpuMeter:
                 out[self.names[pid]] = out.get(self.names[pid], 0.0) + cpu - self.base.get(pid, 0.0)
         return out
 
+    def pids(self) -> set[int]:
+        """Every process seen so far (alive or exited)."""
+        self.sample()
+        with self._lock:
+            return set(self.names)
+
     def stop(self) -> None:
         self._stop.set()
 
@@ -176,6 +182,7 @@ def consume(shard_dir: str, vocab: str, n: int, procs: int, frames: int, size: i
     times (s, from the call) and tree CPU-seconds at the first batch, at 20 % of the clips and at the end."""
     from meltr_ray.cluster.data import CollateSamples, build_datasets
     t0, c0, by0 = time.perf_counter(), meter.read(), meter.by_name()
+    pids0 = meter.pids()
     ds = build_datasets(shard_dir, splits=("train",), num_frames=frames, image_size=size, max_text_len=16,
                         vocab_path=vocab, items="captions", decode_actors=procs, decode_cpus=0.5,
                         decode_batch_rows=8, log_name=None)["train"]
@@ -189,6 +196,7 @@ def consume(shard_dir: str, vocab: str, n: int, procs: int, frames: int, size: i
             out["at20"] = (time.perf_counter() - t0, meter.read() - c0, seen)
     out["end"] = (time.perf_counter() - t0, meter.read() - c0)
     out["by_process"] = {k: v - by0.get(k, 0.0) for k, v in meter.by_name().items()}
+    out["new_processes"] = len(meter.pids() - pids0)
     assert seen == n, f"pipeline delivered {seen} of {n} clips"
     return out
 
@@ -219,7 +227,8 @@ def ray_pipeline(shard_dir: str, vocab: str, n: int, procs: int, frames: int, si
             "steady": (n - s20) / max(t_end - t20, 1e-9), "steady_per_cpu_s": (n - s20) / max(c_end - c20, 1e-9),
             "warm_end_to_end": n / warm["end"][0], "warm_per_cpu_s": n / warm["end"][1],
             "warm_first_s": warm["first"][0], "warm_first_cpu_s": warm["first"][1],
-            "first_by_process": cold["first_by_process"], "warm_by_process": warm["by_process"]}
+            "first_by_process": cold["first_by_process"], "warm_by_process": warm["by_process"],
+            "warm_new_processes": warm["new_processes"]}
 
 
 def main(argv=None) -> None:
@@ -290,6 +299,7 @@ def summary(args, res: dict, per_cpu: dict, ray_res: dict, load0: float) -> str:
         lines.append("  CPU-s by process from ray.init to the first batch: "
                      + ", ".join(f"{name} {cpu:.1f}" for name, cpu in top))
         top = sorted(r["warm_by_process"].items(), key=lambda kv: -kv[1])[:14]
+        lines.append(f"  processes started during the warm pass: {r['warm_new_processes']}")
         lines.append("  CPU-s by process over the warm pass: "
                      + ", ".join(f"{name} {cpu:.1f}" for name, cpu in top if cpu >= 0.05))
     for clock, table in (("wall", res), ("per CPU-second", per_cpu)):

@@ -1,24 +1,29 @@
 """Ray Data pipeline: Parquet shards → decoded frames + token ids → Ray Train workers.
 
-    read_parquet(shards of one split) → select_columns → map_batches(DecodeSamples, ActorPoolStrategy(n))
+    read_parquet(shards of one split) → select_columns [→ randomize_block_order: small training splits]
+    → map_batches(decode_in_task, TaskPoolStrategy(n))        small local splits
+      | map_batches(DecodeSamples, ActorPoolStrategy(1…n))    large or remote splits
     → TorchTrainer(datasets={...})
     → ray.train.get_dataset_shard(split).iter_torch_batches(collate_fn=CollateSamples())
 
-* ``DecodeSamples`` is a class UDF (one decoder and tokenizer per actor) around
-  :class:`meltr_ray.data.samples.SampleBuilder`: it decodes each clip once and emits one sample per text item,
-  so batches are pure tensors plus ``video_id`` / ``sample_id`` strings (tokenised inside the UDF).
+* ``DecodeSamples`` is the decode UDF (one decoder and tokenizer per actor, or per Ray worker process for
+  :func:`decode_in_task`) around :class:`meltr_ray.data.samples.SampleBuilder`: it decodes each clip once and
+  emits one sample per text item, so batches are pure tensors plus ``video_id`` / ``sample_id`` strings
+  (tokenised inside the UDF).
 * A row that cannot be decoded is dropped, logged (``logger.warning``), reported to the named
   :class:`BadRowLog` actor (deduplicated by row id: Ray may retry tasks and every epoch re-decodes; it lives as
   long as the process that called :func:`build_datasets`, so concurrent trials should pass their own
   ``log_name``) and passed
-  to the optional ``on_bad_row(row_id, video_id, reason)`` hook, which runs *inside the decode actors* (e.g. a
+  to the optional ``on_bad_row(row_id, video_id, reason)`` hook, which runs *inside the decoding processes* (e.g. a
   ``ray.util.metrics`` counter from ``cluster/monitor.py``). :func:`bad_rows` reads the log from anywhere.
 * Only the ``train`` and ``meta`` splits use ``sampling`` ('random' = segment-random); ``val``/``test`` always
   sample uniformly (the official All-in-one sampled randomly at evaluation, bug B-A4).
 * Start-up is sized to each split (:class:`ReadPlan`): a small local split is read by Parquet datasource v1
   (footers read once, on the driver), larger or remote ones by v2 with one footer-reader actor per 64 files and
   read bins that give every decode actor work (Ray's 128 MiB default makes a small dataset one block,
-  reference video_data_notes §4); decode actors start one first and are no more than the read blocks.
+  reference video_data_notes §4); decode tasks or actors are no more than the read blocks, and actors start
+  one first. Small splits decode in tasks on Ray's warm worker processes, so a later epoch or trial starts no
+  process; training splits get a new block order every epoch.
 * On small machines: Ray 2.60's Parquet v2 reader runs a ``ListFiles`` task that needs a whole CPU, so keep
   ``decode_actors × decode_cpus`` + Train workers ≤ CPUs − 1 (or oversubscribe ``num_cpus`` in tests).
 """
@@ -103,7 +108,8 @@ class DecodeSamples:
     def __init__(self, *, split: str, log=None, on_bad_row: Callable | None = None, seed: int | None = None,
                  **builder_kwargs):
         self.split, self.hook, self.log = split, on_bad_row, log
-        # Ray re-creates the actors every epoch: a fixed seed alone would repeat the same "random" frames each
+        # Ray re-creates the actors every epoch (a task worker keeps its instance across epochs, but there are
+        # several): a fixed seed alone would repeat the same "random" frames each
         # epoch and in every actor, so it is mixed with the process and the clock (no run-level reproducibility)
         mixed = None if seed is None else [seed, os.getpid(), time.time_ns()]
         self.builder = SampleBuilder(on_bad_row=self._report, seed=mixed, **builder_kwargs)
