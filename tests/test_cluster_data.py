@@ -314,3 +314,40 @@ def test_collate_copies_read_only_arrays_only():
     assert frozen[0, 0] == 0 and out["frames"][0, 0] == 99
     assert out["ids"].data_ptr() == free.ctypes.data         # writable: wrapped, not copied
     assert out["video_id"] == ["a", "b", "c"]
+
+
+def test_decode_tasks_build_one_decoder_per_process_and_split(monkeypatch):
+    """decode_in_task: the decoder for one put of constructor kwargs is built once per worker process and
+    reused for every later batch (and epoch); another split's kwargs get their own; the oldest are dropped."""
+    import meltr_ray.cluster.data as data
+
+    built = []
+
+    class Counting:
+        def __init__(self, **kwargs):
+            built.append(kwargs["split"])
+            self.split = kwargs["split"]
+
+        def __call__(self, batch):
+            return {"split": self.split, **batch}
+
+    class Ref:
+        def __init__(self, key):
+            self.key = key
+
+        def hex(self):
+            return self.key
+
+    store = {f"ref{i}": {"split": f"split{i}"} for i in range(data.CACHED_DECODERS + 1)}
+    monkeypatch.setattr(data, "DecodeSamples", Counting)
+    monkeypatch.setattr(data.ray, "get", lambda ref: store[ref.key])
+    monkeypatch.setattr(data, "_DECODERS", type(data._DECODERS)())
+    for _ in range(3):                                            # three batches (or epochs) of one split
+        assert data.decode_in_task({"x": 1}, kwargs_ref=[Ref("ref0")]) == {"split": "split0", "x": 1}
+    assert built == ["split0"]
+    for i in range(1, data.CACHED_DECODERS + 1):
+        data.decode_in_task({}, kwargs_ref=[Ref(f"ref{i}")])
+    assert built == [f"split{i}" for i in range(data.CACHED_DECODERS + 1)]
+    assert list(data._DECODERS) == [f"ref{i}" for i in range(1, data.CACHED_DECODERS + 1)]   # ref0 dropped
+    data.decode_in_task({}, kwargs_ref=[Ref("ref0")])
+    assert built[-1] == "split0" and len(data._DECODERS) == data.CACHED_DECODERS
