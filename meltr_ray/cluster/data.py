@@ -108,9 +108,9 @@ class DecodeSamples:
     def __init__(self, *, split: str, log=None, on_bad_row: Callable | None = None, seed: int | None = None,
                  **builder_kwargs):
         self.split, self.hook, self.log = split, on_bad_row, log
-        # Ray re-creates the actors every epoch (a task worker keeps its instance across epochs, but there are
-        # several): a fixed seed alone would repeat the same "random" frames each
-        # epoch and in every actor, so it is mixed with the process and the clock (no run-level reproducibility)
+        # Ray re-creates decode actors every epoch, and several actors or task worker processes decode a split:
+        # a fixed seed alone would repeat the same "random" frames each epoch (actors) and in every process, so
+        # it is mixed with the process and the clock (no run-level reproducibility)
         mixed = None if seed is None else [seed, os.getpid(), time.time_ns()]
         self.builder = SampleBuilder(on_bad_row=self._report, seed=mixed, **builder_kwargs)
 
