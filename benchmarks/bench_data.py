@@ -98,11 +98,13 @@ def _proc_table() -> dict[int, tuple[int, float, str]]:
 class CpuMeter:
     """CPU seconds used by this process and all its descendants since ``start``, including processes that
     have exited since: a thread samples /proc every ``interval`` s and keeps each pid's last value (Ray's
-    short-lived workers and actors, reaped by the raylet or not, would otherwise drop out of a tree sum)."""
+    short-lived workers and actors, reaped by the raylet or not, would otherwise drop out of a tree sum).
+    The sampling thread's own CPU time (~0.03 s per second of wall time) is left out."""
 
     def __init__(self, interval: float = 0.1):
         import threading
         self.interval, self.last, self.base, self.names, self.started = interval, {}, {}, {}, False
+        self.own = 0.0
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -128,6 +130,7 @@ class CpuMeter:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.sample()
+            self.own = time.thread_time()      # this thread's CPU: the meter's cost, not the measured work's
 
     def start(self) -> "CpuMeter":
         self.sample()
@@ -138,15 +141,22 @@ class CpuMeter:
     def read(self) -> float:
         self.sample()
         with self._lock:
-            return sum(cpu - self.base.get(pid, 0.0) for pid, cpu in self.last.items())
+            return sum(cpu - self.base.get(pid, 0.0) for pid, cpu in self.last.items()) - self.own
 
     def by_name(self) -> dict[str, float]:
         """CPU seconds per process name (Ray names its workers ``ray::<task or actor>``)."""
         out: dict[str, float] = {}
         with self._lock:
             for pid, cpu in self.last.items():
-                out[self.names[pid]] = out.get(self.names[pid], 0.0) + cpu - self.base.get(pid, 0.0)
+                own = self.own if pid == os.getpid() else 0.0
+                out[self.names[pid]] = out.get(self.names[pid], 0.0) + cpu - self.base.get(pid, 0.0) - own
         return out
+
+    def pids(self) -> set[int]:
+        """Every process seen so far (alive or exited)."""
+        self.sample()
+        with self._lock:
+            return set(self.names)
 
     def stop(self) -> None:
         self._stop.set()
@@ -175,7 +185,8 @@ def consume(shard_dir: str, vocab: str, n: int, procs: int, frames: int, size: i
     """Build the pipeline (``build_datasets``, as a trial does) and drain it into a consumer loop; returns the
     times (s, from the call) and tree CPU-seconds at the first batch, at 20 % of the clips and at the end."""
     from meltr_ray.cluster.data import CollateSamples, build_datasets
-    t0, c0 = time.perf_counter(), meter.read()
+    t0, c0, by0 = time.perf_counter(), meter.read(), meter.by_name()
+    pids0 = meter.pids()
     ds = build_datasets(shard_dir, splits=("train",), num_frames=frames, image_size=size, max_text_len=16,
                         vocab_path=vocab, items="captions", decode_actors=procs, decode_cpus=0.5,
                         decode_batch_rows=8, log_name=None)["train"]
@@ -188,6 +199,8 @@ def consume(shard_dir: str, vocab: str, n: int, procs: int, frames: int, size: i
         if "at20" not in out and seen >= 0.2 * n:
             out["at20"] = (time.perf_counter() - t0, meter.read() - c0, seen)
     out["end"] = (time.perf_counter() - t0, meter.read() - c0)
+    out["by_process"] = {k: v - by0.get(k, 0.0) for k, v in meter.by_name().items()}
+    out["new_processes"] = len(meter.pids() - pids0)
     assert seen == n, f"pipeline delivered {seen} of {n} clips"
     return out
 
@@ -218,7 +231,8 @@ def ray_pipeline(shard_dir: str, vocab: str, n: int, procs: int, frames: int, si
             "steady": (n - s20) / max(t_end - t20, 1e-9), "steady_per_cpu_s": (n - s20) / max(c_end - c20, 1e-9),
             "warm_end_to_end": n / warm["end"][0], "warm_per_cpu_s": n / warm["end"][1],
             "warm_first_s": warm["first"][0], "warm_first_cpu_s": warm["first"][1],
-            "first_by_process": cold["first_by_process"]}
+            "first_by_process": cold["first_by_process"], "warm_by_process": warm["by_process"],
+            "warm_new_processes": warm["new_processes"]}
 
 
 def main(argv=None) -> None:
@@ -234,7 +248,8 @@ def main(argv=None) -> None:
     p.add_argument("--repeat", type=int, default=2, help="rounds of the plain-process measurements")
     p.add_argument("--workdir", default=None)
     p.add_argument("--cpu-breakdown", action="store_true",
-                   help="print the CPU-seconds of each process (by name) up to the first batch")
+                   help="print the CPU-seconds of each process (by name) up to the first batch, and over the "
+                        "whole warm pass")
     p.add_argument("--datasource", choices=["auto", "v2", "v1"], default="auto",
                    help="Ray Data's Parquet reader: auto = build_datasets' choice (v1 for local splits up to "
                         "512 MiB), v2 = footer actors + ListFiles every epoch, v1 = footers read on the driver")
@@ -287,6 +302,10 @@ def summary(args, res: dict, per_cpu: dict, ray_res: dict, load0: float) -> str:
         top = sorted(r["first_by_process"].items(), key=lambda kv: -kv[1])[:14]
         lines.append("  CPU-s by process from ray.init to the first batch: "
                      + ", ".join(f"{name} {cpu:.1f}" for name, cpu in top))
+        top = sorted(r["warm_by_process"].items(), key=lambda kv: -kv[1])[:14]
+        lines.append(f"  processes started during the warm pass: {r['warm_new_processes']}")
+        lines.append("  CPU-s by process over the warm pass: "
+                     + ", ".join(f"{name} {cpu:.1f}" for name, cpu in top if cpu >= 0.05))
     for clock, table in (("wall", res), ("per CPU-second", per_cpu)):
         d = table["decord"]
         lines.append(f"{clock}: ray steady / decord = {table['ray_steady'] / d:.2f} (target ≥ 0.95); "

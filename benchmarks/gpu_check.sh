@@ -51,7 +51,8 @@ dry_check() {
     name=$(field "$stage" 1); cmd=$(field "$stage" 3)
     if [[ "$cmd" == *"-m pytest"* ]]; then          # the marker is registered and some test carries it
       n=$(grep -rl --include='test_*.py' "pytest.mark.gpu" tests | wc -l)
-      if ! $PY -m pytest --markers -p no:cacheprovider 2>/dev/null | grep -q "^@pytest.mark.gpu"; then
+      markers=$($PY -m pytest --markers -p no:cacheprovider 2>/dev/null)   # not piped: with pipefail, grep -q
+      if ! grep -q "^@pytest.mark.gpu" <<<"$markers"; then                 # quitting early failed pytest (EPIPE)
         echo "FAIL: $name: pytest has no registered gpu marker"; failures=$((failures + 1))
       elif [ "$n" -lt 1 ]; then echo "FAIL: $name: no test file uses the gpu marker"; failures=$((failures + 1))
       else echo "ok   $name: gpu marker registered, used in $n test file(s)"; fi

@@ -76,12 +76,16 @@ def bad_shard_dir(shards, tmp_path) -> tuple[str, dict]:
     out = tmp_path / "bad_shards"
     out.mkdir()
     write_shard(rows_to_table(rows), str(out / "train-00000.parquet"), row_group_rows=4)
-    json.dump({"schema_version": 1, "modality": "video", "splits": {"train": ["train-00000.parquet"]},
-               "vq_grid": [2, 2], "feature_dim": 0}, open(out / "dataset.json", "w"))
+    json.dump({"schema_version": 1, "complete": True, "modality": "video",
+               "splits": {"train": ["train-00000.parquet"]}, "vq_grid": [2, 2], "feature_dim": 0},
+              open(out / "dataset.json", "w"))
     return str(out), bad
 
 
-def test_stream_delivers_right_frames_and_reports_every_bad_kind(ray_cluster, shards, tmp_path):
+@pytest.mark.parametrize("pool", ["actors", "tasks"])
+def test_stream_delivers_right_frames_and_reports_every_bad_kind(ray_cluster, shards, tmp_path, pool):
+    """Both decode pools: right frames, every good sample once, every bad kind reported (tasks: the decoder
+    cached per worker process survives an abandoned, hung decode)."""
     import ray.cloudpickle
     from meltr_ray.cluster.data import CollateSamples, bad_rows, build_datasets
 
@@ -92,7 +96,7 @@ def test_stream_delivers_right_frames_and_reports_every_bad_kind(ray_cluster, sh
     ds = build_datasets(shard_dir, splits=("train",), num_frames=NUM_FRAMES, image_size=SIZE, max_text_len=12,
                         vocab_path=shards["vocab"], items="captions", sampling="random", decode_actors=2,
                         min_frames=3, decoder=SlowDecoder(str(record)), decode_timeout_s=2.0,
-                        log_name="bad_rows_test1")
+                        log_name=f"bad_rows_test1_{pool}", decode_pool=pool)
     seen, wrong = [], 0
     for batch in ds["train"].iter_torch_batches(batch_size=5, collate_fn=CollateSamples()):
         assert batch["frames"].dtype.is_floating_point is False and batch["frames"].shape[1:] == (4, 32, 32, 3)
@@ -101,14 +105,66 @@ def test_stream_delivers_right_frames_and_reports_every_bad_kind(ray_cluster, sh
         seen += batch["sample_id"]
     assert wrong == 0
     assert sorted(seen) == sorted(expected_samples(shards["lines"]))        # every good sample exactly once
-    reasons = {r["id"]: r["reason"] for r in bad_rows("bad_rows_test1")}
+    reasons = {r["id"]: r["reason"] for r in bad_rows(f"bad_rows_test1_{pool}")}
     assert set(reasons) == {f"bad_{k}" for k in bad}
     assert reasons["bad_hang"].startswith("decode timed out")
     assert reasons["bad_too_short"].startswith("too short")
     assert reasons["bad_missing"] == "no video bytes" and reasons["bad_zero_length"] == "empty video bytes"
     assert reasons["bad_audio_only"] == "no video stream"
     decoders = [json.load(open(f)) for f in record.iterdir()]
-    assert decoders and not any(d["torch"] for d in decoders)     # decode actors stay numpy-only
+    assert decoders
+    if pool == "actors":            # fresh processes; task workers may have run other tests' torch tasks before
+        assert not any(d["torch"] for d in decoders)              # decode actors stay numpy-only
+
+
+def epoch_orders(ds, epochs: int) -> list[list[str]]:
+    from meltr_ray.cluster.data import CollateSamples
+    return [[sid for b in ds.iter_torch_batches(batch_size=4, collate_fn=CollateSamples()) for sid in b["sample_id"]]
+            for _ in range(epochs)]
+
+
+def test_training_blocks_change_order_every_epoch_and_eval_splits_keep_theirs(ray_cluster, shards):
+    """One shard file per split: the train split's blocks come in a new order each epoch (also with a seed,
+    then the same orders again for the same seed); val keeps the shard's order, epoch after epoch."""
+    from meltr_ray.cluster.data import build_datasets
+
+    def build(seed):
+        return build_datasets(shards["dir"], splits=("train", "val"), num_frames=2, image_size=16, max_text_len=8,
+                              vocab_path=shards["vocab"], decode_actors=1, decode_batch_rows=1, seed=seed,
+                              log_name=None)
+
+    meta = json.load(open(os.path.join(shards["dir"], "dataset.json")))
+    assert len(meta["splits"]["train"]) == 1 and len(meta["splits"]["val"]) == 1
+    for seed in (None, 11):
+        ds = build(seed)
+        train = epoch_orders(ds["train"], 3)
+        assert all(sorted(order) == sorted(expected_samples(shards["lines"])) for order in train)
+        assert len({tuple(order) for order in train}) == 3, train      # 3 different orders of the same samples
+        val = epoch_orders(ds["val"], 2)
+        shard_order = [f"{r['id']}#{k}" for r in pq.read_table(os.path.join(shards["dir"], meta["splits"]["val"][0]))
+                       .to_pylist() for k in range(len(r["captions"]))]
+        assert val == [shard_order, shard_order]
+    assert epoch_orders(build(11)["train"], 3) == epoch_orders(build(11)["train"], 3)   # seeded: reproducible
+
+
+def test_build_datasets_refuses_an_unfinished_ingest(shards, tmp_path):
+    """A dataset.json without "complete": true (the ingest stopped) is refused, naming the folder, before any
+    Ray work; the same check as the train/tune preflight (dataset_dir.read_complete_meta)."""
+    import shutil
+    from meltr_ray.cluster.data import build_datasets
+    from meltr_ray.data.dataset_dir import check_dataset
+
+    folder = tmp_path / "half"
+    shutil.copytree(shards["dir"], folder)
+    meta = json.load(open(folder / "dataset.json"))
+    assert meta.pop("complete") is True
+    for variant in (meta, dict(meta, complete=False)):
+        (folder / "dataset.json").write_text(json.dumps(variant))
+        for call in (lambda: build_datasets(str(folder), splits=("train",), log_name=None),
+                     lambda: check_dataset(str(folder), ["train"])):
+            with pytest.raises(ValueError, match="re-run the ingest") as err:
+                call()
+            assert str(folder) in str(err.value) and "complete" in str(err.value)
 
 
 def train_loop(config):
@@ -159,7 +215,7 @@ def test_dataset_meta_from_a_path_or_a_uri(shards):
 
     assert read_dataset_meta(shards["dir"]) == read_dataset_meta("file://" + shards["dir"])
     assert read_dataset_meta(shards["dir"])["vq_grid"] == [2, 2]
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="no dataset.json"):
         read_dataset_meta(str(shards["root"]))
 
 
@@ -211,14 +267,20 @@ def test_read_plan_sizes_start_up_from_the_split(tmp_path, monkeypatch):
     small.write_bytes(b"x" * (100 << 10))                 # 100 KiB: bins of 64 KiB → 2 blocks
     plan = ReadPlan.for_files([str(small)], decode_actors=4)
     assert (plan.bin_bytes, plan.footer_actors, plan.decode_actors, plan.datasource) == (64 << 10, 1, 2, "v1")
+    assert (plan.decode_pool, plan.shuffle_blocks) == ("tasks", True)       # small: warm Ray workers, no barrier cost
     big = [str(tmp_path / f"s{i}.parquet") for i in range(130)]
     for f in big:
         with open(f, "wb") as out:
             out.truncate(8 << 20)                          # 130 × 8 MiB (sparse): above the small-split size
     plan = ReadPlan.for_files(big, decode_actors=4)
     assert (plan.bin_bytes, plan.footer_actors, plan.decode_actors, plan.datasource) == (16 << 20, 3, 4, "v2")
+    assert (plan.decode_pool, plan.shuffle_blocks) == ("actors", False)
     remote = ReadPlan.for_files(["s3://bucket/a.parquet"], decode_actors=3)
     assert (remote.bin_bytes, remote.footer_actors, remote.decode_actors, remote.datasource) == (None, 1, 3, "v2")
+    assert (remote.decode_pool, remote.shuffle_blocks) == ("actors", False)
+    assert ReadPlan.for_files(big, decode_actors=4, decode_pool="tasks").decode_pool == "tasks"     # override
+    with pytest.raises(ValueError, match="decode_pool"):
+        ReadPlan.for_files(big, decode_actors=4, decode_pool="threads")
     context = ray.data.DataContext.get_current()
     before = context.use_datasource_v2
     with ReadPlan.for_files([str(small)], 2).applied():
@@ -232,7 +294,9 @@ def test_read_plan_sizes_start_up_from_the_split(tmp_path, monkeypatch):
     with ReadPlan.for_files([str(small)], 1).applied():
         assert os.environ[FOOTER_ENV] == "7" and context.use_datasource_v2 == before
     assert os.environ[FOOTER_ENV] == "7"
-    single = ReadPlan.for_files([str(small)], 1).compute()
+    tasks = ReadPlan.for_files([str(small)], 2).compute()
+    assert isinstance(tasks, ray.data.TaskPoolStrategy) and tasks.size == 2
+    single = ReadPlan.for_files([str(small)], 1, decode_pool="actors").compute()
     assert (single.min_size, single.max_size) == (1, 1)
     pool = plan.compute()
     assert (pool.min_size, pool.max_size) == (1, 4)
@@ -250,3 +314,40 @@ def test_collate_copies_read_only_arrays_only():
     assert frozen[0, 0] == 0 and out["frames"][0, 0] == 99
     assert out["ids"].data_ptr() == free.ctypes.data         # writable: wrapped, not copied
     assert out["video_id"] == ["a", "b", "c"]
+
+
+def test_decode_tasks_build_one_decoder_per_process_and_split(monkeypatch):
+    """decode_in_task: the decoder for one put of constructor kwargs is built once per worker process and
+    reused for every later batch (and epoch); another split's kwargs get their own; the oldest are dropped."""
+    import meltr_ray.cluster.data as data
+
+    built = []
+
+    class Counting:
+        def __init__(self, **kwargs):
+            built.append(kwargs["split"])
+            self.split = kwargs["split"]
+
+        def __call__(self, batch):
+            return {"split": self.split, **batch}
+
+    class Ref:
+        def __init__(self, key):
+            self.key = key
+
+        def hex(self):
+            return self.key
+
+    store = {f"ref{i}": {"split": f"split{i}"} for i in range(data.CACHED_DECODERS + 1)}
+    monkeypatch.setattr(data, "DecodeSamples", Counting)
+    monkeypatch.setattr(data.ray, "get", lambda ref: store[ref.key])
+    monkeypatch.setattr(data, "_DECODERS", type(data._DECODERS)())
+    for _ in range(3):                                            # three batches (or epochs) of one split
+        assert data.decode_in_task({"x": 1}, kwargs_ref=[Ref("ref0")]) == {"split": "split0", "x": 1}
+    assert built == ["split0"]
+    for i in range(1, data.CACHED_DECODERS + 1):
+        data.decode_in_task({}, kwargs_ref=[Ref(f"ref{i}")])
+    assert built == [f"split{i}" for i in range(data.CACHED_DECODERS + 1)]
+    assert list(data._DECODERS) == [f"ref{i}" for i in range(1, data.CACHED_DECODERS + 1)]   # ref0 dropped
+    data.decode_in_task({}, kwargs_ref=[Ref("ref0")])
+    assert built[-1] == "split0" and len(data._DECODERS) == data.CACHED_DECODERS

@@ -1,24 +1,29 @@
 """Ray Data pipeline: Parquet shards → decoded frames + token ids → Ray Train workers.
 
-    read_parquet(shards of one split) → select_columns → map_batches(DecodeSamples, ActorPoolStrategy(n))
+    read_parquet(shards of one split) → select_columns [→ randomize_block_order: small training splits]
+    → map_batches(decode_in_task, TaskPoolStrategy(n))        small local splits
+      | map_batches(DecodeSamples, ActorPoolStrategy(1…n))    large or remote splits
     → TorchTrainer(datasets={...})
     → ray.train.get_dataset_shard(split).iter_torch_batches(collate_fn=CollateSamples())
 
-* ``DecodeSamples`` is a class UDF (one decoder and tokenizer per actor) around
-  :class:`meltr_ray.data.samples.SampleBuilder`: it decodes each clip once and emits one sample per text item,
-  so batches are pure tensors plus ``video_id`` / ``sample_id`` strings (tokenised inside the UDF).
+* ``DecodeSamples`` is the decode UDF (one decoder and tokenizer per actor, or per Ray worker process for
+  :func:`decode_in_task`) around :class:`meltr_ray.data.samples.SampleBuilder`: it decodes each clip once and
+  emits one sample per text item, so batches are pure tensors plus ``video_id`` / ``sample_id`` strings
+  (tokenised inside the UDF).
 * A row that cannot be decoded is dropped, logged (``logger.warning``), reported to the named
   :class:`BadRowLog` actor (deduplicated by row id: Ray may retry tasks and every epoch re-decodes; it lives as
   long as the process that called :func:`build_datasets`, so concurrent trials should pass their own
   ``log_name``) and passed
-  to the optional ``on_bad_row(row_id, video_id, reason)`` hook, which runs *inside the decode actors* (e.g. a
+  to the optional ``on_bad_row(row_id, video_id, reason)`` hook, which runs *inside the decoding processes* (e.g. a
   ``ray.util.metrics`` counter from ``cluster/monitor.py``). :func:`bad_rows` reads the log from anywhere.
 * Only the ``train`` and ``meta`` splits use ``sampling`` ('random' = segment-random); ``val``/``test`` always
   sample uniformly (the official All-in-one sampled randomly at evaluation, bug B-A4).
 * Start-up is sized to each split (:class:`ReadPlan`): a small local split is read by Parquet datasource v1
   (footers read once, on the driver), larger or remote ones by v2 with one footer-reader actor per 64 files and
   read bins that give every decode actor work (Ray's 128 MiB default makes a small dataset one block,
-  reference video_data_notes §4); decode actors start one first and are no more than the read blocks.
+  reference video_data_notes §4); decode tasks or actors are no more than the read blocks, and actors start
+  one first. Small splits decode in tasks on Ray's warm worker processes, so a later epoch or trial starts no
+  process; training splits get a new block order every epoch.
 * On small machines: Ray 2.60's Parquet v2 reader runs a ``ListFiles`` task that needs a whole CPU, so keep
   ``decode_actors × decode_cpus`` + Train workers ≤ CPUs − 1 (or oversubscribe ``num_cpus`` in tests).
 """
@@ -30,6 +35,7 @@ import logging
 import math
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,6 +43,7 @@ import numpy as np
 import ray
 from ray.data.collate_fn import NumpyBatchCollateFn
 
+from ..data.dataset_dir import read_complete_meta
 from ..data.samples import FEATURE_COLUMNS, TEXT_COLUMNS, VIDEO_COLUMNS, VQ_COLUMNS, SampleBuilder
 from ..data.tokenize import read_vocab
 
@@ -101,8 +108,9 @@ class DecodeSamples:
     def __init__(self, *, split: str, log=None, on_bad_row: Callable | None = None, seed: int | None = None,
                  **builder_kwargs):
         self.split, self.hook, self.log = split, on_bad_row, log
-        # Ray re-creates the actors every epoch: a fixed seed alone would repeat the same "random" frames each
-        # epoch and in every actor, so it is mixed with the process and the clock (no run-level reproducibility)
+        # Ray re-creates decode actors every epoch, and several actors or task worker processes decode a split:
+        # a fixed seed alone would repeat the same "random" frames each epoch (actors) and in every process, so
+        # it is mixed with the process and the clock (no run-level reproducibility)
         mixed = None if seed is None else [seed, os.getpid(), time.time_ns()]
         self.builder = SampleBuilder(on_bad_row=self._report, seed=mixed, **builder_kwargs)
 
@@ -117,6 +125,25 @@ class DecodeSamples:
 
     def __call__(self, batch: dict) -> dict:
         return self.builder(batch)
+
+
+_DECODERS: "OrderedDict[str, DecodeSamples]" = OrderedDict()   # this worker process's, by constructor kwargs
+CACHED_DECODERS = 4          # splits of recent trials; older ones are dropped (their datasets are gone)
+
+
+def decode_in_task(batch: dict, *, kwargs_ref: list) -> dict:
+    """Ray Data function UDF (task pool): ``batch`` decoded by this worker process's :class:`DecodeSamples`
+    for the constructor kwargs in the object store at ``kwargs_ref[0]`` (one put per split and
+    :func:`build_datasets` call; the ref's id is the cache key). It is built on the process's first batch of
+    that split and kept, so a later epoch runs on Ray's warm worker processes and starts or builds nothing."""
+    key = kwargs_ref[0].hex()
+    udf = _DECODERS.get(key)
+    if udf is None:
+        udf = _DECODERS[key] = DecodeSamples(**ray.get(kwargs_ref[0]))
+        while len(_DECODERS) > CACHED_DECODERS:
+            _DECODERS.popitem(last=False)
+    _DECODERS.move_to_end(key)
+    return udf(batch)
 
 
 class CollateSamples(NumpyBatchCollateFn):
@@ -158,11 +185,11 @@ def read_dataset_meta(shard_dir: str) -> dict:
     """``dataset.json`` written by ``meltr-ray ingest`` (splits → shard files, modality, vq grid, ...).
 
     ``shard_dir`` may be a local folder or a URI (e.g. the ingest output uploaded to ``s3://bucket/shards``).
+    A folder that is not a finished ingest (no ``dataset.json``, or one without ``"complete": true``: the run
+    was interrupted) or of another schema version is refused with a ``ValueError`` naming it
+    (:func:`meltr_ray.data.dataset_dir.read_complete_meta`, the check the train/tune preflight runs).
     """
-    meta = _read_json(os.path.join(shard_dir, "dataset.json"))
-    if meta is None:
-        raise FileNotFoundError(f"{shard_dir}/dataset.json not found: is it the --out of meltr-ray ingest?")
-    return meta
+    return read_complete_meta(shard_dir)[2]
 
 
 def _answer_vocab(shard_dir: str, meta: dict) -> list[str]:
@@ -200,6 +227,17 @@ class ReadPlan:
       first batch 9.3 s vs 14.1 s after ``ray.init``, and 4.5 s vs 9.4 s per later epoch or trial. Larger or
       remote splits use v2, whose row-group bins balance the decode actors.
 
+    * ``decode_pool``: a small local split is decoded in Ray *tasks* (:func:`decode_in_task`, at most
+      ``decode_actors`` at a time) on Ray's already-running worker processes, whose decoder is cached per
+      process: a later epoch or trial starts no process (a decode actor costs ~1 CPU-s of Python and Ray
+      imports before its first clip); larger or remote splits use an actor pool, whose start-up is then
+      negligible next to the decoding;
+    * ``shuffle_blocks``: a small local split's training blocks are put in a new random order every epoch
+      (``randomize_block_order``: a barrier over the read, so at most 512 MiB of encoded rows wait in the
+      object store), or a one-file split would stream its rows in the same order every epoch; larger splits
+      have several files (ingest cuts shards at 256 MiB), whose order ``read_parquet`` shuffles, and no
+      barrier.
+
     Values the user exported in those variables (and ``RAY_DATA_USE_DATASOURCE_V2``) are kept. Remote shards
     (size unknown) keep the defaults for the bin size and ``decode_actors``.
     """
@@ -207,19 +245,26 @@ class ReadPlan:
     footer_actors: int
     decode_actors: int
     datasource: str = "v2"
+    decode_pool: str = "actors"
+    shuffle_blocks: bool = False
 
     @classmethod
-    def for_files(cls, files: list[str], decode_actors: int) -> "ReadPlan":
+    def for_files(cls, files: list[str], decode_actors: int, decode_pool: str | None = None) -> "ReadPlan":
+        """The plan for a split's ``files``; ``decode_pool`` ('tasks' | 'actors') overrides the size's choice."""
+        if decode_pool not in (None, "tasks", "actors"):
+            raise ValueError(f"decode_pool must be 'tasks', 'actors' or None (from the split's size), "
+                             f"not {decode_pool!r}")
         total = sum(os.path.getsize(f) for f in files if "://" not in f and os.path.isfile(f))
         footer = min(32, max(1, math.ceil(len(files) / FILES_PER_FOOTER_ACTOR)))
         if not total:
-            return cls(None, footer, max(decode_actors, 1))
+            return cls(None, footer, max(decode_actors, 1), decode_pool=decode_pool or "actors")
         exported = os.environ.get(BIN_ENV)
         bin_bytes = int(exported) if exported else int(min(max(total // (4 * max(decode_actors, 1)), 64 << 10),
                                                               16 << 20))
         blocks = math.ceil(total / max(bin_bytes, 1))
         small = total <= SMALL_SPLIT_BYTES and all("://" not in f for f in files)
-        return cls(bin_bytes, footer, max(1, min(decode_actors, blocks)), "v1" if small else "v2")
+        return cls(bin_bytes, footer, max(1, min(decode_actors, blocks)), "v1" if small else "v2",
+                   decode_pool or ("tasks" if small else "actors"), shuffle_blocks=small)
 
     @contextlib.contextmanager
     def applied(self):
@@ -239,9 +284,12 @@ class ReadPlan:
             for key in added:
                 os.environ.pop(key, None)
 
-    def compute(self) -> "ray.data.ActorPoolStrategy":
-        """Start one decode actor and grow to ``decode_actors`` while blocks queue: the first batch waits for
-        one actor's start-up, not for all of them competing for the same cores."""
+    def compute(self):
+        """Tasks: at most ``decode_actors`` at a time. Actors: start one and grow to ``decode_actors`` while
+        blocks queue, so the first batch waits for one actor's start-up, not for all of them competing for the
+        same cores."""
+        if self.decode_pool == "tasks":
+            return ray.data.TaskPoolStrategy(size=self.decode_actors)
         if self.decode_actors == 1:
             return ray.data.ActorPoolStrategy(size=1)
         return ray.data.ActorPoolStrategy(min_size=1, max_size=self.decode_actors, initial_size=1)
@@ -262,7 +310,7 @@ def build_datasets(shard_dir: str, *, splits=("train", "val"), num_frames: int =
                    min_frames: int = 1, text_mode: str = "all", decoder="decord", num_options: int = 5,
                    max_feature_frames: int = 48, decode_timeout_s: float | None = 60.0,
                    on_bad_row: Callable | None = None, log_name: str | None = BAD_ROW_LOG,
-                   augment: str = "crop_flip", seed: int | None = None) -> dict:
+                   augment: str = "crop_flip", seed: int | None = None, decode_pool: str | None = None) -> dict:
     """``{split: ray.data.Dataset}`` of samples from the shards under ``shard_dir``.
 
     ``items`` is the kind of sample each row yields (:data:`meltr_ray.data.items.ITEM_KINDS`: ``captions``,
@@ -273,6 +321,12 @@ def build_datasets(shard_dir: str, *, splits=("train", "val"), num_frames: int =
     without shards are left out of the result. The
     vocabulary and answer list are read here and shipped to the decode actors (they need not be on every
     node); the shards themselves must be readable from every node (shared storage or ``s3://…``).
+    ``decode_pool`` ('tasks' | 'actors') overrides :class:`ReadPlan`'s choice from the split's size.
+
+    Training splits (``train``, ``meta``) stream their files and, for small splits, their blocks in a new
+    random order every epoch; with ``seed`` that order is reproducible (the seed and the epoch's execution
+    index; the frames sampled inside a clip are not, see :class:`DecodeSamples`). Other splits keep the
+    shards' order.
     """
     meta = read_dataset_meta(shard_dir)
     _warn_if_no_cpu_left(decode_actors * decode_cpus)
@@ -292,13 +346,34 @@ def build_datasets(shard_dir: str, *, splits=("train", "val"), num_frames: int =
             continue
         kwargs = dict(common, split=split, sampling=sampling if split in TRAIN_SPLITS else "uniform",
                       augment=augment if split in TRAIN_SPLITS else "none")   # images: training splits only
-        plan = ReadPlan.for_files(files, decode_actors)
+        plan = ReadPlan.for_files(files, decode_actors, decode_pool)
+        training = split in TRAIN_SPLITS
         with plan.applied():
-            read = ray.data.read_parquet(files, shuffle="files" if split in TRAIN_SPLITS else None)
-        out[split] = (read.select_columns(_columns(meta))
-                      .map_batches(DecodeSamples, fn_constructor_kwargs=kwargs, batch_size=decode_batch_rows,
-                                   batch_format="numpy", compute=plan.compute(), num_cpus=decode_cpus))
+            read = ray.data.read_parquet(files, shuffle=_file_order(seed) if training else None)
+        read = read.select_columns(_columns(meta))
+        if training and plan.shuffle_blocks:
+            read = read.randomize_block_order(seed=_epoch_seed(seed))
+        out[split] = read.map_batches(**_decode_udf(plan, kwargs), batch_size=decode_batch_rows,
+                                      batch_format="numpy", compute=plan.compute(), num_cpus=decode_cpus)
     return out
+
+
+def _epoch_seed(seed: int | None):
+    """None (a fresh order every epoch) or ``seed`` combined with the epoch's execution index."""
+    return None if seed is None else ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True)
+
+
+def _file_order(seed: int | None):
+    from ray.data.datasource import FileShuffleConfig
+    return "files" if seed is None else FileShuffleConfig(seed=seed, reseed_after_execution=True)
+
+
+def _decode_udf(plan: ReadPlan, kwargs: dict) -> dict:
+    """``map_batches`` arguments of the decode UDF: the task function with its constructor kwargs put once in
+    the object store, or the actor class with them."""
+    if plan.decode_pool == "tasks":
+        return {"fn": decode_in_task, "fn_kwargs": {"kwargs_ref": [ray.put(kwargs)]}}
+    return {"fn": DecodeSamples, "fn_constructor_kwargs": kwargs}
 
 
 def iter_split(split: str, batch_size: int, prefetch_batches: int = 1, drop_last: bool = False,

@@ -174,8 +174,9 @@ def read_complete_meta(path: str) -> tuple[object, str, dict]:
     if meta is None:
         raise ValueError(f"{where} has no {DATASET_NAME}: it is not the --out folder of a finished "
                          "`meltr-ray ingest`; run the ingest command")
-    if not isinstance(meta, dict) or meta.get("complete") is False:
-        raise ValueError(f"{where}: {DATASET_NAME} is marked incomplete; re-run the ingest command")
+    if not isinstance(meta, dict) or meta.get("complete") is not True:      # ingest writes it last
+        raise ValueError(f"{where}: {DATASET_NAME} lacks \"complete\": true (the ingest was interrupted); "
+                         "re-run the ingest command")
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{where} was written with shard schema version {meta.get('schema_version')}; this "
                          f"meltr_ray reads version {SCHEMA_VERSION}: re-run the ingest command")
