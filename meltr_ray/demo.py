@@ -9,16 +9,21 @@ there. ``demo_config()`` is the ``violet_demo`` recipe.
 **The warm-up stands in for a pretrained checkpoint.** MELTR fine-tunes a *pretrained* backbone; the demo has
 none, and from random weights Violet's VTM sits on a plateau (every (video, text) score the same, loss ln B)
 that the auxiliary losses keep it on: measured on this data, plain MTL left VTM at exactly ln 8 and R@1 at
-chance for 190 steps, while VTM alone left the plateau after ~70 steps. So :func:`warm_up` first trains VTM
-alone for a few seconds (150 steps, no Ray) and the search fine-tunes from there — as a real run starts from
-``ckpt_violet_pretrain.pt``. No Ray here.
+chance for 190 steps. VTM alone leaves the plateau, but when is chaotic: after ~80 steps with one thread and
+~270 with two, from the same seed (float sums in another order). So :func:`warm_up` trains VTM alone (no Ray)
+*until* it has left the plateau — the mean VTM loss of the last 20 steps below 0.85·ln B — and then
+:data:`WARMUP_AFTER_ESCAPE` steps more, at most :data:`WARMUP_MAX_STEPS`; the search fine-tunes from there, as a
+real run starts from ``ckpt_violet_pretrain.pt``. No Ray here.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from .config import JobConfig
+
+log = logging.getLogger(__name__)
 
 DEMO_RECIPE = "violet_demo"
 DEMO_DATA_VERSION = "v3"             # a folder per layout: data of an older demo is never reused by mistake
@@ -69,7 +74,10 @@ def prepare_demo_data(root: str, train_per_combination: int = TRAIN_PER_COMBINAT
     return shards, vocab
 
 
-WARMUP_STEPS = 150
+WARMUP_AFTER_ESCAPE = 150      # steps on VTM alone once it has left its plateau
+WARMUP_MAX_STEPS = 800         # ~2-3 min on 2 CPU cores: the warm-up gives up (with a warning) after this many
+PLATEAU_WINDOW, PLATEAU_MARGIN = 20, 0.85
+WARMUP_VERSION = 2             # in the file's digest: a warm-up made by an older rule is never reused
 WARMUP_FILE = "warmup_{digest}.pt"
 
 
@@ -99,34 +107,55 @@ def _train_samples(cfg: JobConfig) -> dict:
     return samples
 
 
-def _warm_up_steps(model, samples: dict, steps: int, batch_size: int, lr: float, on_step) -> None:
-    """``steps`` AdamW steps on the VTM loss alone, random batches of the train captions."""
+def _warm_up_steps(model, samples: dict, batch_size: int, lr: float, on_step) -> tuple[int | None, int]:
+    """AdamW steps on the VTM loss alone, random batches of the train captions, until VTM has left its plateau
+    ln B (the mean of the last :data:`PLATEAU_WINDOW` losses below ``PLATEAU_MARGIN · ln B``) and then
+    :data:`WARMUP_AFTER_ESCAPE` steps more, at most :data:`WARMUP_MAX_STEPS`. Returns ``(the step at which it
+    left the plateau or None, the steps taken)``."""
+    import math
+    from collections import deque
+
     import numpy as np
     import torch
     rng = np.random.default_rng(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    plateau, recent, left_at = math.log(batch_size), deque(maxlen=PLATEAU_WINDOW), None
     model.train()
-    for step in range(steps):
+    for step in range(1, WARMUP_MAX_STEPS + 1):
         rows = rng.choice(len(samples["frames"]), batch_size, replace=False)
         loss = model({k: torch.from_numpy(v[rows]) for k, v in samples.items()}, tasks=["vtm"])["vtm"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        on_step(step + 1)
+        recent.append(loss.item())
+        off_plateau = len(recent) == PLATEAU_WINDOW and sum(recent) / PLATEAU_WINDOW < PLATEAU_MARGIN * plateau
+        if left_at is None and off_plateau:
+            left_at = step
+        on_step(step)
+        if left_at is not None and step >= left_at + WARMUP_AFTER_ESCAPE:
+            break
+    return left_at, step
 
 
-def warm_up(cfg: JobConfig, out: str, steps: int = WARMUP_STEPS, progress: bool = False) -> str:
-    """Train ``cfg``'s backbone on VTM alone for ``steps`` steps from its seeded random start and save the
-    state dict at ``out`` (a plain state dict: ``backbone.pretrained`` loads it). Returns ``out``."""
+def warm_up(cfg: JobConfig, out: str, progress: bool = False) -> str:
+    """Train ``cfg``'s backbone on VTM alone from its seeded random start until it has left the VTM plateau
+    (:func:`_warm_up_steps`) and save the state dict at ``out`` (a plain state dict: ``backbone.pretrained``
+    loads it). Returns ``out``; a warm-up that never left the plateau is saved too, with a warning."""
     import torch
 
     from .backbones import create_backbone
     torch.manual_seed(cfg.train.seed)
     model = create_backbone(cfg.backbone.name, task=cfg.backbone.task, **cfg.backbone.overrides)
     samples = _train_samples(cfg)
-    with _progress(progress, "VTM warm-up (stands in for a pretrained checkpoint)", steps) as advance:
-        _warm_up_steps(model, samples, steps, cfg.train.batch_size, cfg.optim.backbone_lr, advance)
+    label = f"VTM warm-up (≤ {WARMUP_MAX_STEPS} steps)"          # short: an 80-column pipe keeps the counts
+    with _progress(progress, label, WARMUP_MAX_STEPS) as advance:
+        left_at, steps = _warm_up_steps(model, samples, cfg.train.batch_size, cfg.optim.backbone_lr, advance)
+        advance(steps, steps)                                  # the bar ends full at the steps it took
+    if left_at is None:
+        log.warning("the demo's VTM warm-up did not leave its plateau (loss ln %d) in %d steps: every trial will "
+                    "start from weights that score every (video, text) pair alike", cfg.train.batch_size,
+                    WARMUP_MAX_STEPS)
     torch.save(model.state_dict(), out + ".tmp")
     os.replace(out + ".tmp", out)                            # complete or absent: a rerun never loads half a file
     return out
@@ -163,8 +192,11 @@ def prepare_demo_job(cfg: JobConfig, root: str, progress: bool = True) -> JobCon
                               "cluster.max_concurrent_trials": cfg.cluster.max_concurrent_trials or 2})
     if cfg.backbone.pretrained is None:
         # the warm-up depends on the backbone, the data settings and the seed: one file per combination
-        key = json.dumps([cfg.backbone.name, cfg.backbone.overrides, vars(cfg.data), cfg.train.seed,
-                          cfg.train.batch_size, cfg.optim.backbone_lr], sort_keys=True, default=str)
+        from .run import resolve_job
+        resolved = resolve_job(cfg)            # the same file whether the caller resolved the config or not
+        key = json.dumps([WARMUP_VERSION, resolved.backbone.name, resolved.backbone.overrides, vars(resolved.data),
+                          resolved.train.seed, resolved.train.batch_size, resolved.optim.backbone_lr],
+                         sort_keys=True, default=str)
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]
         out = os.path.join(os.path.dirname(shards), WARMUP_FILE.format(digest=digest))
         if not os.path.exists(out):

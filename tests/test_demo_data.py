@@ -3,10 +3,14 @@ shows (its shape, colour and direction), checked against the pixels of the writt
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
 import pytest
+import torch
+
+from meltr_ray import demo
 
 from meltr_ray.data.synthetic import COLOURS, DIRECTIONS, PALETTE, SHAPES, demo_plan, make_demo_dataset
 
@@ -78,3 +82,35 @@ def test_the_plan_is_seeded_and_sized():
     assert demo_plan(4, seed=1) != demo_plan(4, seed=2)
     plan = demo_plan(4, seed=0)
     assert sum(c["split"] == "train" for c in plan) == 4 * len(SHAPES) * len(COLOURS) * len(DIRECTIONS)
+
+
+class _ScriptedVTM(torch.nn.Module):
+    """A stand-in backbone whose VTM loss follows a script (one value per step), with a parameter to step."""
+
+    def __init__(self, losses):
+        super().__init__()
+        self.w, self.losses, self.calls = torch.nn.Parameter(torch.zeros(())), list(losses), 0
+
+    def forward(self, batch, tasks):
+        value = self.losses[min(self.calls, len(self.losses) - 1)]
+        self.calls += 1
+        return {"vtm": self.w * 0 + value}
+
+
+def _samples(n=16):
+    return {"frames": np.zeros((n, 1), np.uint8), "text_ids": np.zeros((n, 2), np.int64),
+            "text_mask": np.ones((n, 2), np.int64)}
+
+
+def test_the_warm_up_runs_until_vtm_leaves_its_plateau_then_a_fixed_number_of_steps():
+    plateau = math.log(8)
+    model = _ScriptedVTM([plateau] * 60 + [1.0] * 2000)       # leaves the plateau at step 61
+    left_at, steps = demo._warm_up_steps(model, _samples(), 8, 1e-3, lambda step: None)
+    # the mean of the last 20 losses drops below 0.85·ln 8 = 1.77 once 6 of them are 1.0: (14·2.08 + 6)/20 = 1.76
+    assert left_at == 66
+    assert steps == left_at + demo.WARMUP_AFTER_ESCAPE == model.calls
+
+
+def test_a_warm_up_that_never_leaves_the_plateau_stops_at_the_cap():
+    model = _ScriptedVTM([math.log(8)])
+    assert demo._warm_up_steps(model, _samples(), 8, 1e-3, lambda step: None) == (None, demo.WARMUP_MAX_STEPS)
