@@ -62,3 +62,23 @@ def strip_prefix(state: dict, prefix: str, report: LoadReport) -> dict:
     if stripped:
         report.notes.append(f"stripped the {prefix!r} prefix from {stripped} keys")
     return {(key[len(prefix):] if key.startswith(prefix) else key): value for key, value in state.items()}
+
+
+def check_shapes(state: dict, model_state: dict, hints: dict) -> None:
+    """Every checkpoint tensor the model also has must match its shape; ``ValueError`` names the key, both shapes
+    and, where ``hints`` (key prefix → config field) knows it, the field to set."""
+    for key, value in state.items():
+        if key in model_state and tuple(value.shape) != tuple(model_state[key].shape):
+            hint = next((f" (set the {f} override to match)" for p, f in hints.items() if key.startswith(p)), "")
+            raise ValueError(f"shape mismatch for {key}: checkpoint {tuple(value.shape)} vs model "
+                             f"{tuple(model_state[key].shape)}{hint}")
+
+
+def load_filtered(model, path: str, filter_state_dict, read=read_state_dict, verbose: bool = True) -> LoadReport:
+    """Read ``path`` (``read``: safely, ``weights_only``), map it onto ``model`` with the family's
+    ``filter_state_dict(state, model, source=)``, load strictly; print (``verbose``) and return the report."""
+    full, report = filter_state_dict(read(path), model, source=str(path))
+    model.load_state_dict(full, strict=True)
+    if verbose:
+        print(report)
+    return report

@@ -24,7 +24,7 @@ import pickle
 import torch
 import torch.nn.functional as F
 
-from .._loading import LoadReport, read_state_dict, strip_prefix
+from .._loading import LoadReport, check_shapes, load_filtered, read_state_dict, strip_prefix
 
 LEGACY_POSITION_IDS = "text_embeddings.position_ids"
 TEMPORAL_KEY = "transformer.temporal_embed"
@@ -78,16 +78,6 @@ def _skip(state: dict, report: LoadReport) -> dict:
     return out
 
 
-def check_shapes(state: dict, model_state: dict, hints: dict) -> None:
-    """Every checkpoint tensor the model also has must match its shape; ``ValueError`` names key and shapes."""
-    for key, value in state.items():
-        if key in model_state and tuple(value.shape) != tuple(model_state[key].shape):
-            hint = next((f" (model field: {h})" for p, h in hints.items() if key.startswith(p)), "")
-            raise ValueError(f"shape mismatch for {key}: checkpoint {tuple(value.shape)} vs model "
-                             f"{tuple(model_state[key].shape)}{hint}; was the checkpoint made for another model "
-                             f"size?")
-
-
 def check_coverage(state: dict, model_state: dict, fresh: tuple, report: LoadReport) -> None:
     """No unknown checkpoint key, no missing backbone key; missing ``fresh`` heads start from their init."""
     unknown = sorted(k for k in state if k not in model_state)
@@ -106,15 +96,22 @@ def filter_allinone_state_dict(state: dict, model, source: str = "<state dict>")
     report = LoadReport(source)
     state = _skip(strip_prefix(dict(state), "module.", report), report)
     check_legacy_ids(state, LEGACY_POSITION_IDS, report)
+    return fit_to_model(state, model, TEMPORAL_KEY, SHAPE_HINTS, FRESH_HEADS, report)
+
+
+def fit_to_model(state: dict, model, temporal_key: str, hints: dict, fresh: tuple,
+                 report: LoadReport) -> tuple[dict, LoadReport]:
+    """The last steps of the All-in-one and ALPRO filters: the temporal embedding resized to the model's frames
+    (only as ``model.cfg.resize_temporal`` says), shapes and coverage checked; (full state dict, report)."""
     model_state = model.state_dict()
-    rows = model_state[TEMPORAL_KEY].shape[1]
-    if TEMPORAL_KEY in state and state[TEMPORAL_KEY].shape[1] != rows:
-        before = tuple(state[TEMPORAL_KEY].shape)
-        state[TEMPORAL_KEY] = resize_temporal(state[TEMPORAL_KEY], rows, model.cfg.resize_temporal, TEMPORAL_KEY)
-        report.notes.append(f"resized {TEMPORAL_KEY} {before} -> {tuple(state[TEMPORAL_KEY].shape)} "
+    rows = model_state[temporal_key].shape[1]
+    if temporal_key in state and state[temporal_key].shape[1] != rows:
+        before = tuple(state[temporal_key].shape)
+        state[temporal_key] = resize_temporal(state[temporal_key], rows, model.cfg.resize_temporal, temporal_key)
+        report.notes.append(f"resized {temporal_key} {before} -> {tuple(state[temporal_key].shape)} "
                             f"({model.cfg.resize_temporal})")
-    check_shapes(state, model_state, SHAPE_HINTS)
-    check_coverage(state, model_state, FRESH_HEADS, report)
+    check_shapes(state, model_state, hints)
+    check_coverage(state, model_state, fresh, report)
     report.loaded = [k for k in model_state if k in state]
     return {**model_state, **state}, report
 
@@ -133,8 +130,4 @@ def read_checkpoint(path: str) -> dict:
 
 def load_allinone_checkpoint(model, path: str, verbose: bool = True) -> LoadReport:
     """Read ``path`` safely, filter it onto ``model``, load strictly, print and return the report."""
-    full, report = filter_allinone_state_dict(read_checkpoint(path), model, source=str(path))
-    model.load_state_dict(full, strict=True)
-    if verbose:
-        print(report)
-    return report
+    return load_filtered(model, path, filter_allinone_state_dict, read_checkpoint, verbose)

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import torch
 
-from .._loading import LoadReport, strip_prefix
-from ..allinone.checkpoint import check_coverage, check_legacy_ids, check_shapes, read_checkpoint, resize_temporal
+from .._loading import LoadReport, load_filtered, strip_prefix
+from ..allinone.checkpoint import check_legacy_ids, fit_to_model, read_checkpoint
 
 TEMPORAL_KEY = "visual_encoder.model.time_embed"
 LEGACY_POSITION_IDS = "text_encoder.bert.embeddings.position_ids"
@@ -97,23 +97,9 @@ def filter_alpro_state_dict(state: dict, model, source: str = "<state dict>") ->
     state = _skip(state, model, report)
     check_legacy_ids(state, LEGACY_POSITION_IDS, report)
     _tie(state, report)
-    model_state = model.state_dict()
-    rows = model_state[TEMPORAL_KEY].shape[1]
-    if TEMPORAL_KEY in state and state[TEMPORAL_KEY].shape[1] != rows:
-        before = tuple(state[TEMPORAL_KEY].shape)
-        state[TEMPORAL_KEY] = resize_temporal(state[TEMPORAL_KEY], rows, model.cfg.resize_temporal, TEMPORAL_KEY)
-        report.notes.append(f"resized {TEMPORAL_KEY} {before} -> {tuple(state[TEMPORAL_KEY].shape)} "
-                            f"({model.cfg.resize_temporal})")
-    check_shapes(state, model_state, SHAPE_HINTS)
-    check_coverage(state, model_state, FRESH_HEADS, report)
-    report.loaded = [k for k in model_state if k in state]
-    return {**model_state, **state}, report
+    return fit_to_model(state, model, TEMPORAL_KEY, SHAPE_HINTS, FRESH_HEADS, report)
 
 
 def load_alpro_checkpoint(model, path: str, verbose: bool = True) -> LoadReport:
     """Read ``path`` safely, filter it onto ``model``, load strictly, print and return the report."""
-    full, report = filter_alpro_state_dict(read_checkpoint(path), model, source=str(path))
-    model.load_state_dict(full, strict=True)
-    if verbose:
-        print(report)
-    return report
+    return load_filtered(model, path, filter_alpro_state_dict, read_checkpoint, verbose)

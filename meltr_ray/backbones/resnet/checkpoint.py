@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from .._loading import LoadReport, read_state_dict, strip_prefix
+from .._loading import LoadReport, load_filtered, strip_prefix
 
 HEADS = ("classifier.", "rotation_head.")
 _CIFAR_RENAMES = ((re.compile(r"^conv1\."), "stem.0."), (re.compile(r"^bn1\."), "stem.1."),
@@ -64,8 +64,4 @@ def filter_resnet_state_dict(state: dict, model, source: str = "<state dict>") -
 
 def load_resnet_checkpoint(model, path: str, verbose: bool = True) -> LoadReport:
     """Read ``path`` (``weights_only``), filter it, load it strictly; print and return the report."""
-    state, report = filter_resnet_state_dict(read_state_dict(path), model, source=path)
-    model.load_state_dict(state, strict=True)
-    if verbose:
-        print(report.to_text())
-    return report
+    return load_filtered(model, path, filter_resnet_state_dict, verbose=verbose)

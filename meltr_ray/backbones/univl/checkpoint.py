@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .._loading import LoadReport, read_state_dict, strip_prefix
+from .._loading import LoadReport, check_shapes, load_filtered, strip_prefix
 
 TIED = (("bert.embeddings.word_embeddings.weight", "decoder.embeddings.word_embeddings.weight",
          "decoder.classifier.cls.predictions.decoder.weight", "cls.predictions.decoder.weight"),
@@ -89,15 +89,6 @@ def retie(state: dict, model_state: dict, report: LoadReport) -> None:
                 report.notes.append(f"re-tied {key} to {present[0]} (one Parameter in the model)")
 
 
-def check_shapes(state: dict, model_state: dict) -> None:
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(model_state[key].shape):
-            hint = next((f" (set the {f} override to match)" for p, f in SHAPE_HINTS.items() if key.startswith(p)),
-                        "")
-            raise ValueError(f"shape mismatch for {key}: checkpoint {tuple(value.shape)} vs model "
-                             f"{tuple(model_state[key].shape)}{hint}")
-
-
 def check_coverage(state: dict, model_state: dict, report: LoadReport) -> None:
     missing = [k for k in model_state if k not in state]
     required = [k for k in missing if k.startswith(REQUIRED)]
@@ -113,7 +104,7 @@ def filter_univl_state_dict(state: dict, model, source: str = "<state dict>") ->
     model_state = model.state_dict()
     state = strip_prefix(dict(state), "module.", report)
     state = drop_unbuilt(rename_legacy(state, report), model_state, report)
-    check_shapes(state, model_state)
+    check_shapes(state, model_state, SHAPE_HINTS)
     retie(state, model_state, report)
     check_coverage(state, model_state, report)
     report.loaded = [k for k in model_state if k in state]
@@ -122,8 +113,4 @@ def filter_univl_state_dict(state: dict, model, source: str = "<state dict>") ->
 
 def load_univl_checkpoint(model, path: str, verbose: bool = True) -> LoadReport:
     """Read ``path`` safely, filter it onto ``model``, load strictly, print and return the report."""
-    full, report = filter_univl_state_dict(read_state_dict(path), model, source=str(path))
-    model.load_state_dict(full, strict=True)
-    if verbose:
-        print(report)
-    return report
+    return load_filtered(model, path, filter_univl_state_dict, verbose=verbose)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .._loading import LoadReport, read_state_dict, strip_prefix
+from .._loading import LoadReport, check_shapes, load_filtered, strip_prefix
 
 # checkpoint head module -> loss role (the official names across the pretrain/retrieval/QA models)
 VIOLET_HEAD_ROLES = {"fc": "vtm", "fc_vtm": "vtm", "fc_mtm": "mtm", "fc_mvm": "mvm", "fc_oe": "oe",
@@ -74,16 +74,12 @@ def _map_heads(state: dict, head_names: dict, task: str, reuse_vtm: bool, report
     return out
 
 
-def _check_shapes(state: dict, model_state: dict) -> None:
+def _check_shapes_and_swin_index(state: dict, model_state: dict) -> None:
     """Every checkpoint tensor the model also has must match its shape (and the Swin index its values)."""
+    check_shapes(state, model_state, SHAPE_HINTS)
     for key, value in state.items():
         if key not in model_state:
             continue
-        if tuple(value.shape) != tuple(model_state[key].shape):
-            hint = next((f" (set the {o} override to match)" for p, o in SHAPE_HINTS.items()
-                         if key.startswith(p)), "")
-            raise ValueError(f"shape mismatch for {key}: checkpoint {tuple(value.shape)} vs model "
-                             f"{tuple(model_state[key].shape)}{hint}")
         if key.endswith("relative_position_index") and not torch.equal(value.long(), model_state[key]):
             raise ValueError(f"{key} differs from the index of the model's window: the checkpoint was built "
                              f"with another Swin window size")
@@ -116,7 +112,7 @@ def filter_violet_state_dict(state: dict, model, source: str = "<state dict>") -
     _retie_mtm_bias(state, report)
     state = _map_heads(state, model.head_names, model.task, model.cfg.reuse_pretrained_vtm, report)
     model_state = model.state_dict()
-    _check_shapes(state, model_state)
+    _check_shapes_and_swin_index(state, model_state)
     _check_coverage(state, model_state, model.head_names, report)
     report.loaded = [k for k in model_state if k in state]
     return {**model_state, **state}, report
@@ -124,8 +120,4 @@ def filter_violet_state_dict(state: dict, model, source: str = "<state dict>") -
 
 def load_violet_checkpoint(model, path: str, verbose: bool = True) -> LoadReport:
     """Read ``path`` safely, filter it onto ``model``, load strictly, print and return the report."""
-    full, report = filter_violet_state_dict(read_state_dict(path), model, source=str(path))
-    model.load_state_dict(full, strict=True)
-    if verbose:
-        print(report)
-    return report
+    return load_filtered(model, path, filter_violet_state_dict, verbose=verbose)
