@@ -30,7 +30,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -43,7 +42,7 @@ import numpy as np
 import ray
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from ..data.dataset_dir import read_complete_meta
+from ..data.dataset_dir import read_complete_meta, read_json
 from ..data.samples import FEATURE_COLUMNS, TEXT_COLUMNS, VIDEO_COLUMNS, VQ_COLUMNS, SampleBuilder
 from ..data.tokenize import read_vocab
 
@@ -166,21 +165,6 @@ class CollateSamples(NumpyBatchCollateFn):
         return out
 
 
-def _read_json(path: str):
-    """A JSON file from a local path or a pyarrow filesystem URI (``s3://…``, ``gs://…``); None if missing."""
-    if "://" not in path:
-        if not os.path.isfile(path):
-            return None
-        with open(path) as f:
-            return json.load(f)
-    import pyarrow.fs
-    fs, inner = pyarrow.fs.FileSystem.from_uri(path)
-    if fs.get_file_info(inner).type == pyarrow.fs.FileType.NotFound:
-        return None
-    with fs.open_input_stream(inner) as f:
-        return json.loads(f.read().decode())
-
-
 def read_dataset_meta(shard_dir: str) -> dict:
     """``dataset.json`` written by ``meltr-ray ingest`` (splits → shard files, modality, vq grid, ...).
 
@@ -193,7 +177,7 @@ def read_dataset_meta(shard_dir: str) -> dict:
 
 
 def _answer_vocab(shard_dir: str, meta: dict) -> list[str]:
-    return _read_json(os.path.join(shard_dir, meta.get("answer_vocab") or "answer_vocab.json")) or []
+    return read_json(os.path.join(shard_dir, meta.get("answer_vocab") or "answer_vocab.json")) or []
 
 
 def _columns(meta: dict) -> list[str]:

@@ -147,6 +147,12 @@ def _read_json(fs, path: str):
         return json.loads(f.read().decode())
 
 
+def read_json(path: str):
+    """A JSON file from a local path or a pyarrow filesystem URI (``s3://…``, ``gs://…``); None if missing."""
+    fs, inner = _filesystem(path)
+    return _read_json(fs, inner)
+
+
 def _has_sidecars(fs, root: str) -> bool:
     import pyarrow.fs as pafs
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
