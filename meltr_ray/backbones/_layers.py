@@ -60,3 +60,17 @@ def two_layer_head(dim: int, out: int, dropout: float = 0.1) -> nn.Sequential:
 def additive_key_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, N) 1/0 key mask → (B, 1, 1, N) scores offset: 0 where attended, ``MASKED_SCORE`` where padded."""
     return (1.0 - mask[:, None, None, :].to(dtype)) * MASKED_SCORE
+
+
+def choose_positions(candidate: torch.Tensor, prob: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Bernoulli(``prob``) over the ``candidate`` (…, N) positions — BERT-style masking's choice — forcing one
+    position (the candidate with the largest independent random key) in a row that has candidates but drew
+    none, so every row carries a loss."""
+    import torch.nn.functional as F
+    draw = torch.rand(candidate.shape, generator=generator).to(candidate.device)
+    chosen = candidate & (draw < prob)
+    empty = candidate.any(-1) & ~chosen.any(-1)
+    if bool(empty.any()):
+        keys = torch.rand(candidate.shape, generator=generator).to(candidate.device).masked_fill(~candidate, -1.0)
+        chosen = chosen | (F.one_hot(keys.argmax(-1), candidate.shape[-1]).bool() & empty.unsqueeze(-1))
+    return chosen

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._layers import choose_positions
+
 IGNORE = -100          # label of positions without an MLM loss (HF's value)
 
 
@@ -24,23 +26,13 @@ def mlm_candidates(ids: torch.Tensor, attention: torch.Tensor, special_ids) -> t
     return attention.bool() & ~torch.isin(ids, special)
 
 
-def _choose(candidate: torch.Tensor, prob: float, generator) -> torch.Tensor:
-    draw = torch.rand(candidate.shape, generator=generator).to(candidate.device)
-    chosen = candidate & (draw < prob)
-    empty = candidate.any(-1) & ~chosen.any(-1)
-    if bool(empty.any()):
-        keys = torch.rand(candidate.shape, generator=generator).to(candidate.device).masked_fill(~candidate, -1.0)
-        chosen = chosen | (F.one_hot(keys.argmax(-1), candidate.shape[-1]).bool() & empty.unsqueeze(-1))
-    return chosen
-
-
 def mask_tokens(ids: torch.Tensor, attention: torch.Tensor, *, special_ids, mask_id: int, vocab_size: int,
                 random_low: int, prob: float = 0.15, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(masked ids, labels) for ``ids`` (..., L); random replacements are drawn from [random_low, vocab_size)."""
     if not 0 <= random_low < vocab_size:
         raise ValueError(f"random_low {random_low} must lie in [0, vocab_size={vocab_size})")
-    chosen = _choose(mlm_candidates(ids, attention, special_ids), prob, generator)
+    chosen = choose_positions(mlm_candidates(ids, attention, special_ids), prob, generator)
     roll = torch.rand(ids.shape, generator=generator).to(ids.device)
     random_ids = torch.randint(random_low, vocab_size, ids.shape, generator=generator).to(ids.device)
     masked = torch.where(chosen & (roll < 0.8), torch.full_like(ids, mask_id), ids)

@@ -11,27 +11,17 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from .._layers import choose_positions
 
 IGNORE = -1
-
-
-def choose(candidate: torch.Tensor, prob: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Bernoulli(prob) over ``candidate`` (…, N) positions, forcing one where a row has candidates but no draw."""
-    draw = torch.rand(candidate.shape, generator=generator).to(candidate.device)
-    chosen = candidate & (draw < prob)
-    empty = candidate.any(-1) & ~chosen.any(-1)
-    if bool(empty.any()):
-        keys = torch.rand(candidate.shape, generator=generator).to(candidate.device).masked_fill(~candidate, -1.0)
-        chosen = chosen | (F.one_hot(keys.argmax(-1), candidate.shape[-1]).bool() & empty.unsqueeze(-1))
-    return chosen
 
 
 def mask_text(ids: torch.Tensor, attention: torch.Tensor, special_ids, mask_id: int, vocab_size: int,
               prob: float = 0.15, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking of ``ids`` (B, L): (masked ids, labels), both (B, L)."""
     special = torch.as_tensor(list(special_ids), device=ids.device)
-    chosen = choose(attention.bool() & ~torch.isin(ids, special), prob, generator)
+    chosen = choose_positions(attention.bool() & ~torch.isin(ids, special), prob, generator)
     action = torch.rand(ids.shape, generator=generator).to(ids.device)
     random_ids = torch.randint(0, vocab_size, ids.shape, generator=generator).to(ids.device)
     masked = torch.where(chosen & (action < 0.8), torch.full_like(ids, mask_id), ids)
@@ -42,6 +32,6 @@ def mask_text(ids: torch.Tensor, attention: torch.Tensor, special_ids, mask_id: 
 def mask_frames(features: torch.Tensor, feature_mask: torch.Tensor, prob: float = 0.15,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(features with chosen frames zeroed, labels (B, F): flattened index of each chosen frame, −1 elsewhere)."""
-    chosen = choose(feature_mask.bool(), prob, generator)
+    chosen = choose_positions(feature_mask.bool(), prob, generator)
     index = torch.arange(chosen.numel(), device=features.device).view_as(chosen)
     return features.masked_fill(chosen.unsqueeze(-1), 0.0), index.masked_fill(~chosen, IGNORE)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._layers import choose_positions
+
 IGNORE = -1          # label of positions that carry no loss (CE ignore_index)
 PATCH = 32           # pixels per visual token side (the Swin output stride)
 
@@ -30,14 +32,7 @@ def mask_text(ids: torch.Tensor, attention: torch.Tensor, special_ids, mask_id: 
     Candidates: attended tokens (``attention == 1``) whose id is not in ``special_ids``.
     """
     candidate = attention.bool() & ~torch.isin(ids, torch.as_tensor(list(special_ids), device=ids.device))
-    draw = torch.rand(ids.shape, generator=generator).to(ids.device)
-    chosen = candidate & (draw < prob)
-    # rows with candidates but no draw: force the candidate with the largest (independent) random key
-    empty = candidate.any(-1) & ~chosen.any(-1)
-    if empty.any():
-        keys = torch.rand(ids.shape, generator=generator).to(ids.device).masked_fill(~candidate, -1.0)
-        forced = F.one_hot(keys.argmax(-1), ids.shape[-1]).bool() & empty.unsqueeze(-1)
-        chosen = chosen | forced
+    chosen = choose_positions(candidate, prob, generator)
     masked = ids.masked_fill(chosen, mask_id)
     labels = ids.masked_fill(~chosen, IGNORE)
     return masked, labels
