@@ -41,3 +41,17 @@ def retrieval_metrics(scores: torch.Tensor, gt: torch.Tensor | None = None, ks=(
     out["medr"] = float(np.median(ranks))
     out["mnr"] = float(np.mean(ranks))
     return out
+
+
+def all_pair_scores(n_text: int, n_video: int, pair_batch: int, score) -> torch.Tensor:
+    """The (texts × videos) score matrix of a cross-encoder, at most ``pair_batch`` pairs per call of
+    ``score(text_slice, video_slice) -> (texts, videos)``: every text × video pair is one forward pass, so the
+    matrix is filled in blocks of whole video chunks."""
+    per_video = min(n_video, pair_batch)
+    per_text = max(1, pair_batch // per_video)
+    scores = torch.empty(n_text, n_video)
+    for t0 in range(0, n_text, per_text):
+        for v0 in range(0, n_video, per_video):
+            t, v = slice(t0, t0 + per_text), slice(v0, v0 + per_video)
+            scores[t, v] = score(t, v).float().cpu()
+    return scores

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ...metrics.captioning import caption_metrics
-from ...metrics.retrieval import retrieval_metrics
+from ...metrics.retrieval import all_pair_scores, retrieval_metrics
 from ...metrics.sentiment import sentiment_metrics
 from .decoding import detokenize, generate
 from .tasks import batch_inputs, sentiment_scores
@@ -86,16 +86,8 @@ def _collect_retrieval(m, batches):
 def align_scores(m, videos, video_mask, text, text_mask) -> torch.Tensor:
     """(texts, videos) Align logits of every pair, at most ``eval_pair_batch`` pairs per cross pass."""
     from .tasks import pair_logits
-    n_text, n_video = text.shape[0], videos.shape[0]
-    per_video = min(n_video, m.cfg.eval_pair_batch)
-    per_text = max(1, m.cfg.eval_pair_batch // per_video)
-    scores = torch.empty(n_text, n_video)
-    for t0 in range(0, n_text, per_text):
-        for v0 in range(0, n_video, per_video):
-            chunk = pair_logits(m, text[t0:t0 + per_text], text_mask[t0:t0 + per_text],
-                                videos[v0:v0 + per_video], video_mask[v0:v0 + per_video])
-            scores[t0:t0 + per_text, v0:v0 + per_video] = chunk.float().cpu()
-    return scores
+    return all_pair_scores(text.shape[0], videos.shape[0], m.cfg.eval_pair_batch,
+                           lambda t, v: pair_logits(m, text[t], text_mask[t], videos[v], video_mask[v]))
 
 
 def evaluate_retrieval(m, batches) -> dict:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ...metrics.classification import AccuracyMeter
-from ...metrics.retrieval import retrieval_metrics
+from ...metrics.retrieval import all_pair_scores, retrieval_metrics
 from .._layers import MASKED_SCORE
 from .masking import color_vq_ids, mask_text, mvm_labels, sample_video_blocks, zero_patches
 
@@ -266,14 +266,8 @@ def _collect_retrieval(m, batches):
 def evaluate_retrieval(m, batches) -> dict:
     """Text→video R@1/5/10, MedR, MnR, scoring every (text, video) pair with the VTM head, in chunks."""
     videos, text, mask, gt = _collect_retrieval(m, batches)
-    n_text, n_video = text.shape[0], videos.shape[0]
-    per_video = min(n_video, m.cfg.eval_pair_batch)
-    per_text = max(1, m.cfg.eval_pair_batch // per_video)
-    scores = torch.empty(n_text, n_video)
-    for t0 in range(0, n_text, per_text):
-        for v0 in range(0, n_video, per_video):
-            chunk = pair_scores(m, videos[v0:v0 + per_video], text[t0:t0 + per_text], mask[t0:t0 + per_text])
-            scores[t0:t0 + per_text, v0:v0 + per_video] = chunk.t().float().cpu()
+    scores = all_pair_scores(text.shape[0], videos.shape[0], m.cfg.eval_pair_batch,
+                             lambda t, v: pair_scores(m, videos[v], text[t], mask[t]).t())
     return retrieval_metrics(scores, gt)
 
 
