@@ -12,7 +12,6 @@ order), and reports text→video R@1/R@5 on the 120 val queries and MELTR's task
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -27,24 +26,6 @@ SETTINGS = {
     "meltr_b1e-2": {"optim.meltr_lr": 1e-2, "meta.reg_weight": 0.3, "meta.neumann_steps": 2},
     "meltr_b3e-2": {"optim.meltr_lr": 3e-2, "meta.reg_weight": 0.3, "meta.neumann_steps": 2},
 }
-
-
-def load_split(cfg, split: str, seed: int) -> dict:
-    """One split of the demo shards decoded into memory, as the Ray path's decode actors would."""
-    import pyarrow.parquet as pq
-
-    from meltr_ray.data.samples import SampleBuilder
-    d = cfg.data
-    with open(os.path.join(d.path, "dataset.json"), encoding="utf-8") as f:
-        meta = json.load(f)
-    builder = SampleBuilder(items="captions", num_frames=d.num_frames, image_size=d.image_size,
-                            max_text_len=d.max_text_len, vocab_path=d.vocab_path, resize_mode=d.resize_mode,
-                            vq_grid=tuple(meta["vq_grid"]), seed=seed)
-    parts = []
-    for name in meta["splits"][split]:
-        table = pq.read_table(os.path.join(d.path, name))
-        parts.append(builder({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}))
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _batch(samples: dict, rows) -> dict:
@@ -64,9 +45,10 @@ def in_order_batches(samples: dict, batch_size: int) -> list[dict]:
 
 
 def train_one(base, overrides: dict, seed: int, val: dict, batch_size: int) -> dict:
+    from meltr_ray.demo import split_samples
     from meltr_ray.run import build_run
     cfg = base.with_overrides({**overrides, "train.seed": seed})
-    train = load_split(cfg, cfg.data.train_split, seed)
+    train = split_samples(cfg, cfg.data.train_split, seed)
     run = build_run(cfg, steps_per_epoch=len(train["frames"]) // batch_size)
     return run.fit(lambda epoch: shuffled_batches(train, batch_size, seed * 100 + epoch),
                    evaluate=lambda model: model.evaluate(in_order_batches(val, 32)))
@@ -82,11 +64,11 @@ def main(argv=None) -> None:
 
     import torch
 
-    from meltr_ray.demo import demo_config, prepare_demo_job
+    from meltr_ray.demo import demo_config, prepare_demo_job, split_samples
     from meltr_ray.run import resolve_job
     torch.set_num_threads(1)
     base = resolve_job(prepare_demo_job(demo_config(), args.root, progress=True))
-    val = load_split(base, base.data.val_split, 0)
+    val = split_samples(base, base.data.val_split)
     print(f"load average {os.getloadavg()[0]:.1f}; {base.train.epochs} epochs, batch {args.batch}")
     for name in args.configs:
         for seed in args.seeds:

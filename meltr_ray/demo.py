@@ -46,10 +46,11 @@ def _texts(annotations: str):
 
 def _make_clips(raw: str, train_per_combination: int, progress: bool) -> str:
     """The synthetic clips, with a rich progress bar (on stderr) when ``progress``."""
+    from .data.report import Progress
     from .data.synthetic import make_demo_dataset
-    with _progress(progress, "demo clips (H.264)", None) as advance:
+    with Progress(progress, None, label="demo clips (H.264)", stderr=True) as bar:
         return make_demo_dataset(raw, train_per_combination, num_frames=CLIP_FRAMES, size=CLIP_SIZE,
-                                 on_clip=advance)
+                                 on_clip=bar.update)
 
 
 def prepare_demo_data(root: str, train_per_combination: int = TRAIN_PER_COMBINATION,
@@ -81,8 +82,9 @@ WARMUP_VERSION = 2             # in the file's digest: a warm-up made by an olde
 WARMUP_FILE = "warmup_{digest}.pt"
 
 
-def _train_samples(cfg: JobConfig) -> dict:
-    """The train split of ``cfg.data.path`` decoded into memory (the demo's is ~500 captions of 4 small frames)."""
+def split_samples(cfg: JobConfig, split: str, seed: int = 0) -> dict:
+    """One split of ``cfg.data.path`` decoded into memory, as the decode actors would (the demo's splits are a
+    few hundred captions of 4 small frames): ``{column: array}``, one row per sample."""
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -94,17 +96,22 @@ def _train_samples(cfg: JobConfig) -> dict:
     d = cfg.data
     builder = SampleBuilder(items="captions", num_frames=d.num_frames, image_size=d.image_size,
                             max_text_len=d.max_text_len, vocab_path=d.vocab_path, resize_mode=d.resize_mode,
-                            vq_grid=tuple(meta["vq_grid"]) if meta.get("vq_grid") else None, seed=0)
+                            vq_grid=tuple(meta["vq_grid"]) if meta.get("vq_grid") else None, seed=seed)
     parts = []
-    for name in meta["splits"][d.train_split]:
+    for name in meta["splits"][split]:
         table = pq.read_table(os.path.join(cfg.data.path, name))
         parts.append(builder({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}))
-    samples = {k: np.concatenate([p[k] for p in parts]) for k in ("frames", "text_ids", "text_mask")}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _train_samples(cfg: JobConfig) -> dict:
+    """The train split's frames and texts in memory, for the warm-up."""
+    samples = split_samples(cfg, cfg.data.train_split)
     if len(samples["frames"]) < cfg.train.batch_size:
         raise ValueError(f"demo warm-up: {len(samples['frames'])} usable train samples in {cfg.data.path} "
-                         f"(split {d.train_split!r}), fewer than one batch of {cfg.train.batch_size}; "
+                         f"(split {cfg.data.train_split!r}), fewer than one batch of {cfg.train.batch_size}; "
                          "delete the demo data folder to make it again")
-    return samples
+    return {k: samples[k] for k in ("frames", "text_ids", "text_mask")}
 
 
 def _warm_up_steps(model, samples: dict, batch_size: int, lr: float, on_step) -> tuple[int | None, int]:
@@ -145,13 +152,14 @@ def warm_up(cfg: JobConfig, out: str, progress: bool = False) -> str:
     import torch
 
     from .backbones import create_backbone
+    from .data.report import Progress
     torch.manual_seed(cfg.train.seed)
     model = create_backbone(cfg.backbone.name, task=cfg.backbone.task, **cfg.backbone.overrides)
     samples = _train_samples(cfg)
     label = f"VTM warm-up (≤ {WARMUP_MAX_STEPS} steps)"          # short: an 80-column pipe keeps the counts
-    with _progress(progress, label, WARMUP_MAX_STEPS) as advance:
-        left_at, steps = _warm_up_steps(model, samples, cfg.train.batch_size, cfg.optim.backbone_lr, advance)
-        advance(steps, steps)                                  # the bar ends full at the steps it took
+    with Progress(progress, WARMUP_MAX_STEPS, label=label, stderr=True) as bar:
+        left_at, steps = _warm_up_steps(model, samples, cfg.train.batch_size, cfg.optim.backbone_lr, bar.update)
+        bar.update(steps, steps)                               # the bar ends full at the steps it took
     if left_at is None:
         log.warning("the demo's VTM warm-up did not leave its plateau (loss ln %d) in %d steps: every trial will "
                     "start from weights that score every (video, text) pair alike", cfg.train.batch_size,
@@ -159,28 +167,6 @@ def warm_up(cfg: JobConfig, out: str, progress: bool = False) -> str:
     torch.save(model.state_dict(), out + ".tmp")
     os.replace(out + ".tmp", out)                            # complete or absent: a rerun never loads half a file
     return out
-
-
-class _progress:
-    """A rich progress bar on stderr (or nothing): ``with _progress(on, label, total) as advance: advance(done)``."""
-
-    def __init__(self, enabled: bool, label: str, total: int | None):
-        self.enabled, self.label, self.total, self.bar = enabled, label, total, None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda done, total=None: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-        self.bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), console=Console(stderr=True))
-        self.bar.__enter__()
-        task = self.bar.add_task(self.label, total=self.total)
-        return lambda done, total=None: self.bar.update(task, completed=done, total=total or self.total)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
 
 
 def prepare_demo_job(cfg: JobConfig, root: str, progress: bool = True) -> JobConfig:

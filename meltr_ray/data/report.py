@@ -61,24 +61,34 @@ def summary_table(report: IngestReport):
 
 
 class Progress:
-    """A rich progress bar over records (or nothing when disabled)."""
+    """A rich progress bar (or nothing when disabled): ``advance()`` one item, or ``update(done, total)``.
 
-    def __init__(self, enabled: bool, total: int, done: int = 0):
-        self.enabled, self.total, self.done = enabled, total, done
+    ``label`` is the bar's text; ``stderr`` puts it on standard error (where the demo reports its steps)."""
+
+    def __init__(self, enabled: bool, total: int | None, done: int = 0, label: str = "probing + writing",
+                 stderr: bool = False):
+        self.enabled, self.total, self.done, self.label, self.stderr = enabled, total, done, label, stderr
         self._bar = self._task = None
 
     def __enter__(self) -> "Progress":
         if self.enabled:
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TimeRemainingColumn
             self._bar = RichProgress("[progress.description]{task.description}", BarColumn(),
-                                     MofNCompleteColumn(), TimeRemainingColumn(), transient=False)
+                                     MofNCompleteColumn(), TimeRemainingColumn(), transient=False,
+                                     console=Console(stderr=self.stderr))
             self._bar.__enter__()
-            self._task = self._bar.add_task("probing + writing", total=self.total, completed=self.done)
+            self._task = self._bar.add_task(self.label, total=self.total, completed=self.done)
         return self
 
     def advance(self) -> None:
         if self._bar is not None:
             self._bar.advance(self._task)
+
+    def update(self, done: int, total: int | None = None) -> None:
+        """``done`` items so far, of ``total`` (when it becomes known or changes)."""
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total or self.total)
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
