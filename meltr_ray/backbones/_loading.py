@@ -64,6 +64,18 @@ def strip_prefix(state: dict, prefix: str, report: LoadReport) -> dict:
     return {(key[len(prefix):] if key.startswith(prefix) else key): value for key, value in state.items()}
 
 
+def check_legacy_ids(state: dict, key: str, report: LoadReport) -> None:
+    """Drop a legacy ``position_ids`` buffer after checking it is ``arange(n)[None]``."""
+    ids = state.pop(key, None)
+    if ids is None:
+        return
+    expected = torch.arange(ids.shape[-1]).unsqueeze(0)
+    if ids.shape != expected.shape or not torch.equal(ids.long(), expected):
+        raise ValueError(f"legacy key {key} must be arange({ids.shape[-1]})[None], got shape {tuple(ids.shape)} "
+                         f"with other values")
+    report.skipped[key] = "legacy buffer of transformers < 4.31 (checked == arange)"
+
+
 def check_shapes(state: dict, model_state: dict, hints: dict) -> None:
     """Every checkpoint tensor the model also has must match its shape; ``ValueError`` names the key, both shapes
     and, where ``hints`` (key prefix → config field) knows it, the field to set."""

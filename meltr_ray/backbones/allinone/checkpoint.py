@@ -24,7 +24,7 @@ import pickle
 import torch
 import torch.nn.functional as F
 
-from .._loading import LoadReport, check_shapes, load_filtered, read_state_dict, strip_prefix
+from .._loading import LoadReport, check_legacy_ids, check_shapes, load_filtered, read_state_dict, strip_prefix
 
 LEGACY_POSITION_IDS = "text_embeddings.position_ids"
 TEMPORAL_KEY = "transformer.temporal_embed"
@@ -52,18 +52,6 @@ def resize_temporal(value: torch.Tensor, rows: int, mode: str | None, key: str) 
     if value.shape[1] >= rows:
         return value[:, :rows].clone()
     return torch.cat([value, value.new_zeros(1, rows - value.shape[1], value.shape[-1])], dim=1)
-
-
-def check_legacy_ids(state: dict, key: str, report: LoadReport) -> None:
-    """Drop a legacy ``position_ids`` buffer after checking it is ``arange(n)[None]``."""
-    ids = state.pop(key, None)
-    if ids is None:
-        return
-    expected = torch.arange(ids.shape[-1]).unsqueeze(0)
-    if ids.shape != expected.shape or not torch.equal(ids.long(), expected):
-        raise ValueError(f"legacy key {key} must be arange({ids.shape[-1]})[None], got shape {tuple(ids.shape)} "
-                         f"with other values")
-    report.skipped[key] = "legacy buffer of transformers < 4.31 (checked == arange)"
 
 
 def _skip(state: dict, report: LoadReport) -> dict:

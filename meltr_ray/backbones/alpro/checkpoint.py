@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import torch
 
-from .._loading import LoadReport, load_filtered, strip_prefix
-from ..allinone.checkpoint import check_legacy_ids, fit_to_model, read_checkpoint
+from .._loading import LoadReport, check_legacy_ids, load_filtered, strip_prefix
+from ..allinone.checkpoint import fit_to_model, read_checkpoint
 
 TEMPORAL_KEY = "visual_encoder.model.time_embed"
 LEGACY_POSITION_IDS = "text_encoder.bert.embeddings.position_ids"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .._loading import LoadReport, check_shapes, load_filtered, strip_prefix
+from .._loading import LoadReport, check_legacy_ids, check_shapes, load_filtered, strip_prefix
 
 # checkpoint head module -> loss role (the official names across the pretrain/retrieval/QA models)
 VIOLET_HEAD_ROLES = {"fc": "vtm", "fc_vtm": "vtm", "fc_mtm": "mtm", "fc_mvm": "mvm", "fc_oe": "oe",
@@ -27,17 +27,6 @@ SHAPE_HINTS = {"enc_img.emb_len": "max_frames", "enc_img.emb_pos": "max_grid",
                "enc_txt.emb_txt.word_embeddings.weight": "vocab_size",
                "enc_txt.emb_txt.position_embeddings.weight": "max_text_len",
                "fc_oe.3": "size_vocab", "fc_cls.3": "num_classes", "fc_mvm.3": "mvm_vocab"}
-
-
-def _drop_legacy_position_ids(state: dict, report: LoadReport) -> None:
-    ids = state.pop(LEGACY_POSITION_IDS, None)
-    if ids is None:
-        return
-    expected = torch.arange(ids.shape[-1]).unsqueeze(0)
-    if ids.shape != expected.shape or not torch.equal(ids.long(), expected):
-        raise ValueError(f"legacy key {LEGACY_POSITION_IDS} must be arange({ids.shape[-1]})[None], "
-                         f"got shape {tuple(ids.shape)} with other values")
-    report.skipped[LEGACY_POSITION_IDS] = "legacy buffer of transformers < 4.31 (checked == arange)"
 
 
 def _retie_mtm_bias(state: dict, report: LoadReport) -> None:
@@ -108,7 +97,7 @@ def filter_violet_state_dict(state: dict, model, source: str = "<state dict>") -
     """Map an official Violet state dict onto ``model``; returns (full state dict for a strict load, report)."""
     report = LoadReport(source)
     state = strip_prefix(state, "module.", report)
-    _drop_legacy_position_ids(state, report)
+    check_legacy_ids(state, LEGACY_POSITION_IDS, report)
     _retie_mtm_bias(state, report)
     state = _map_heads(state, model.head_names, model.task, model.cfg.reuse_pretrained_vtm, report)
     model_state = model.state_dict()
