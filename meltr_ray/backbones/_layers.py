@@ -74,3 +74,15 @@ def choose_positions(candidate: torch.Tensor, prob: float, generator: torch.Gene
         keys = torch.rand(candidate.shape, generator=generator).to(candidate.device).masked_fill(~candidate, -1.0)
         chosen = chosen | (F.one_hot(keys.argmax(-1), candidate.shape[-1]).bool() & empty.unsqueeze(-1))
     return chosen
+
+
+def init_bert_style(module: nn.Module) -> None:
+    """BERT's init (``module.apply(init_bert_style)``): N(0, 0.02) weights of linear and embedding layers, zero
+    biases, LayerNorm (1, 0)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

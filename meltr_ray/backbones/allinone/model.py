@@ -26,6 +26,7 @@ from transformers.models.bert.modeling_bert import BertEmbeddings
 
 from .._contract import (check_frames, check_text_ids, evaluating, in_order, replace_config,
                          wanted_losses)
+from .._layers import init_bert_style
 from .._spec import IMAGENET_MEAN, IMAGENET_STD
 from . import tasks as tasks_mod
 from .vit import VideoTransformer
@@ -100,17 +101,6 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(hidden[:, 0]))
 
 
-def _init_weights(module: nn.Module) -> None:
-    """All-in-one's init (objectives.init_weights): N(0, 0.02) weights, zero biases, LayerNorm (1, 0)."""
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, std=0.02)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        nn.init.zeros_(module.bias)
-    if isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
 def _text_embeddings(cfg: AllInOneConfig) -> BertEmbeddings:
     bert = BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, max_position_embeddings=cfg.max_text_len,
                       type_vocab_size=2, hidden_dropout_prob=cfg.drop_rate, pad_token_id=cfg.pad_token_id)
@@ -135,7 +125,7 @@ class AllInOne(nn.Module):
         self.txt_proj, self.vid_proj = nn.Linear(d, cfg.embed_dim), nn.Linear(d, cfg.embed_dim)
         for part in (self.text_embeddings, self.token_type_embeddings, self.pooler, self.mlm_score, self.txt_proj,
                      self.vid_proj):
-            part.apply(_init_weights)
+            part.apply(init_bert_style)   # All-in-one's objectives.init_weights
         self.pooler.requires_grad_(False)
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 1, 3, 1, 1), persistent=False)

@@ -22,6 +22,7 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder
 
 from .._contract import evaluating, in_order, wanted_losses
+from .._layers import init_bert_style
 from . import evaluation
 from .tasks import univl_losses
 from .config import TASK_PRIMARY, UniVLConfig, config_with_overrides, read_vocab_tokens, task_losses
@@ -35,17 +36,6 @@ def bert_config(cfg: UniVLConfig, layers: int, positions: int) -> BertConfig:
                       pad_token_id=cfg.pad_token_id)
     bert._attn_implementation = "eager"        # written-out attention: double backward works
     return bert
-
-
-def init_bert_style(module: nn.Module) -> None:
-    """UniVL's init: N(0, 0.02) weights, zero biases, LayerNorm (1, 0)."""
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, std=0.02)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        nn.init.zeros_(module.bias)
-    if isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 class UniVL(nn.Module):

@@ -25,7 +25,7 @@ from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder, 
 
 from . import tasks as tasks_mod
 from .._contract import evaluating, in_order, replace_config, wanted_losses
-from .._layers import additive_key_mask, two_layer_head
+from .._layers import additive_key_mask, init_bert_style, two_layer_head
 from .checkpoint import load_violet_checkpoint
 from .video_swin import SwinTransformer3D
 
@@ -156,17 +156,11 @@ def _build_head(role: str, cfg: VioletConfig, bert: BertConfig) -> nn.Module:
 
 
 def _init_bert_style(module: nn.Module) -> None:
-    """BERT's init for the text/cross/head parts: N(0, 0.02) weights, zero biases, LayerNorm (1, 0)."""
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, std=0.02)
+    """BERT's init for the text/cross/head parts (:func:`init_bert_style`), padding embedding rows zeroed."""
+    init_bert_style(module)
     if isinstance(module, nn.Embedding) and module.padding_idx is not None:
         with torch.no_grad():
             module.weight[module.padding_idx].zero_()
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        nn.init.zeros_(module.bias)
-    if isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 class Violet(nn.Module):
